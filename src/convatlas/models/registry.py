@@ -101,7 +101,6 @@ def create_model(name: str, **kwargs):
     if allowed is not None:
         for key in kwargs:
             if key not in allowed:
-                raise ValueError(
-                    f"{name}: unknown keyword {key!r}{close_matches(key, allowed)} (accepted: {', '.join(sorted(allowed))})"
-                )
+                accepted = ", ".join(sorted(allowed))
+                raise ValueError(f"{name}: unknown keyword {key!r}{close_matches(key, allowed)} (accepted: {accepted})")
     return info.builder(**kwargs)
