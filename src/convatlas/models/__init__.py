@@ -8,5 +8,8 @@ from convatlas.models.registry import ModelInfo, create_model, list_models, mode
 from convatlas.models.weights import load_weights
 
 # Families: importing each module registers its builders (one line per family file).
+from convatlas.models import densenet, mobilenet, resnext  # noqa: E402, F401
+from convatlas.models import efficientnet  # noqa: E402, F401
+from convatlas.models import convnext  # noqa: E402, F401
 
 __all__ = ["ModelInfo", "create_model", "list_models", "load_weights", "model_info", "register_model"]
