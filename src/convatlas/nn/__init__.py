@@ -11,3 +11,7 @@ from convatlas.nn.layers import (
 )
 
 __all__ = ["ClassifierHead", "ConvNormAct", "DropPath", "LayerNorm2d", "SqueezeExcite", "drop_path", "make_divisible"]
+
+from convatlas.nn.conv import DepthwiseConv2d, PointwiseConv2d, SeparableConv2d  # noqa: E402
+
+__all__ += ["DepthwiseConv2d", "PointwiseConv2d", "SeparableConv2d"]
