@@ -11,5 +11,6 @@ from convatlas.models.weights import load_weights
 from convatlas.models import densenet, mobilenet, resnext  # noqa: E402, F401
 from convatlas.models import efficientnet  # noqa: E402, F401
 from convatlas.models import convnext  # noqa: E402, F401
+from convatlas.models import xception  # noqa: E402, F401
 
 __all__ = ["ModelInfo", "create_model", "list_models", "load_weights", "model_info", "register_model"]
