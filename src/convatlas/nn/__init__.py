@@ -15,3 +15,7 @@ __all__ = ["ClassifierHead", "ConvNormAct", "DropPath", "LayerNorm2d", "SqueezeE
 from convatlas.nn.conv import DepthwiseConv2d, PointwiseConv2d, SeparableConv2d  # noqa: E402
 
 __all__ += ["DepthwiseConv2d", "PointwiseConv2d", "SeparableConv2d"]
+
+from convatlas.nn.seqconv import DynamicConv1d, LightConvBlock, LightweightConv1d  # noqa: E402
+
+__all__ += ["DynamicConv1d", "LightConvBlock", "LightweightConv1d"]

@@ -10,3 +10,5 @@ from convatlas.ops.conv import (  # noqa: E402, F401
     pointwise_conv,
     separable_conv,
 )
+
+from convatlas.ops.seqconv import dynamic_conv, lightweight_conv  # noqa: E402, F401
