@@ -12,5 +12,8 @@ from convatlas.models import densenet, mobilenet, resnext  # noqa: E402, F401
 from convatlas.models import efficientnet  # noqa: E402, F401
 from convatlas.models import convnext  # noqa: E402, F401
 from convatlas.models import xception  # noqa: E402, F401
+from convatlas.models import unet  # noqa: E402, F401
+from convatlas.models import lightconv  # noqa: E402, F401
+from convatlas.detection import detectors  # noqa: E402, F401  (rcnn, fast_rcnn, faster_rcnn)
 
 __all__ = ["ModelInfo", "create_model", "list_models", "load_weights", "model_info", "register_model"]
