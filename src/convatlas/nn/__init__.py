@@ -19,3 +19,7 @@ __all__ += ["DepthwiseConv2d", "PointwiseConv2d", "SeparableConv2d"]
 from convatlas.nn.seqconv import DynamicConv1d, LightConvBlock, LightweightConv1d  # noqa: E402
 
 __all__ += ["DynamicConv1d", "LightConvBlock", "LightweightConv1d"]
+
+from convatlas.nn.roi import MultiScaleRoIAlign, RoIAlign, RoIPool  # noqa: E402
+
+__all__ += ["MultiScaleRoIAlign", "RoIAlign", "RoIPool"]

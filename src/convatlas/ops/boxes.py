@@ -1,0 +1,411 @@
+"""Box operators of the R-CNN family: area, IoU, format conversion, box coding and non-maximum suppression.
+
+Boxes are ``(x1, y1, x2, y2)`` in absolute pixels with ``x1 < x2`` and ``y1 < y2`` unless a function says otherwise.
+Argument order and semantics follow ``torchvision.ops`` so the two can be swapped.
+
+Precision: integer boxes are upcast to int64 before products (areas cannot overflow); float16/bfloat16 boxes are
+computed in float32 (an fp16 box of 400 x 400 pixels already overflows fp16's 65504 as an area).
+
+Box coding (R-CNN, Girshick et al. 2014, appendix C) with proposal ``p`` and ground truth ``g`` given as centre,
+width and height, and weights ``(w_x, w_y, w_w, w_h)``::
+
+    t_x = w_x (g_x - p_x) / p_w        t_w = w_w log(g_w / p_w)
+    b_x = p_x + p_w t_x / w_x          b_w = p_w exp(min(t_w / w_w, clamp))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from convatlas.ops.kernels import nms as _nms_kernels
+
+__all__ = [
+    "batched_nms",
+    "box_area",
+    "box_convert",
+    "box_iou",
+    "box_iou_max",
+    "clip_boxes",
+    "decode_boxes",
+    "encode_boxes",
+    "nms",
+    "remove_small_boxes",
+    "soft_nms",
+]
+
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+DEFAULT_BBOX_CLIP = math.log(1000.0 / 16)
+
+
+def _check_boxes(boxes: Tensor, name: str = "boxes", batched: bool = False) -> None:
+    if not isinstance(boxes, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(boxes).__name__}")
+    if batched:
+        if boxes.dim() < 1 or boxes.shape[-1] != 4:
+            raise ValueError(f"{name} must have shape [..., 4], got {tuple(boxes.shape)}")
+    elif boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name} must have shape [N, 4], got {tuple(boxes.shape)}")
+
+
+def _upcast(t: Tensor) -> Tensor:
+    """float16/bfloat16 -> float32, small integers -> int64, so products cannot overflow."""
+    if t.is_floating_point():
+        return t if t.dtype in (torch.float32, torch.float64) else t.float()
+    return t if t.dtype == torch.int64 else t.long()
+
+
+def _float(t: Tensor) -> Tensor:
+    """The floating dtype boxes are computed in: float64 stays, everything else becomes float32."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Area of each box.
+
+    Args:
+        boxes (Tensor[N, 4]): (x1, y1, x2, y2), 0 <= x1 < x2, 0 <= y1 < y2.
+
+    Returns:
+        Tensor[N]: ``(x2 - x1) * (y2 - y1)``; int64 for integer boxes, float32 for float16/bfloat16 boxes.
+    """
+    _check_boxes(boxes)
+    boxes = _upcast(boxes)
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def _iou_block(boxes1: Tensor, area1: Tensor, boxes2: Tensor, area2: Tensor) -> Tensor:
+    lt = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])  # (n, m, 2)
+    rb = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (n, m, 2)
+    wh = (rb - lt).clamp_(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[:, None] + area2[None, :] - inter
+    return inter / union
+
+
+def _chunk_rows(m: int, chunk_elems: int) -> int:
+    return max(1, chunk_elems // max(m, 1))
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor, *, chunk_elems: int = 1 << 22) -> Tensor:
+    """Intersection over union of every pair of boxes.
+
+    The full matrix is returned, as torchvision does, but it is built in row chunks so the temporary tensors never
+    exceed ``chunk_elems`` pairs (torchvision's peak is about six times the output). The output itself is
+    ``4 N M`` bytes in float32: 10 GB for 50,000 x 50,000. When only the best match per box is needed (matching
+    anchors to ground truth, NMS), use :func:`box_iou_max` or :func:`nms`, whose memory stays bounded.
+
+    Args:
+        boxes1 (Tensor[N, 4]): (x1, y1, x2, y2), 0 <= x1 < x2, 0 <= y1 < y2.
+        boxes2 (Tensor[M, 4]): same format.
+        chunk_elems: pairs per temporary block.
+
+    Returns:
+        Tensor[N, M]: IoU in float32 (float64 for float64 boxes); NaN where both boxes have zero area.
+    """
+    _check_boxes(boxes1, "boxes1")
+    _check_boxes(boxes2, "boxes2")
+    b1, b2 = _upcast(boxes1), _upcast(boxes2)
+    area1, area2 = box_area(b1), box_area(b2)
+    n, m = len(b1), len(b2)
+    dtype = torch.float64 if torch.float64 in (b1.dtype, b2.dtype) else torch.get_default_dtype()
+    out = torch.empty((n, m), dtype=dtype, device=boxes1.device)
+    rows = _chunk_rows(m, chunk_elems)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        out[start:stop] = _iou_block(b1[start:stop], area1[start:stop], b2, area2)
+    return out
+
+
+def box_iou_max(boxes1: Tensor, boxes2: Tensor, *, chunk_elems: int = 1 << 22) -> tuple[Tensor, Tensor]:
+    """For each box of ``boxes1``, its best IoU over ``boxes2`` and where it was found, in bounded memory.
+
+    Equal to ``box_iou(boxes1, boxes2).max(dim=1)`` (first index on ties) without building the ``N x M`` matrix:
+    memory is ``O(chunk_elems + N)``, so 50,000 x 50,000 needs megabytes, not 10 GB.
+
+    Args:
+        boxes1 (Tensor[N, 4]): (x1, y1, x2, y2), 0 <= x1 < x2, 0 <= y1 < y2.
+        boxes2 (Tensor[M, 4]): same format, M >= 1.
+        chunk_elems: pairs per temporary block.
+
+    Returns:
+        (Tensor[N], Tensor[N]): the maximum IoU and the int64 index into ``boxes2``.
+    """
+    _check_boxes(boxes1, "boxes1")
+    _check_boxes(boxes2, "boxes2")
+    if len(boxes2) == 0:
+        raise ValueError(f"boxes2 must hold at least one box to take a maximum over, got shape {tuple(boxes2.shape)}")
+    b1, b2 = _upcast(boxes1), _upcast(boxes2)
+    area1, area2 = box_area(b1), box_area(b2)
+    values, indices = [], []
+    rows = _chunk_rows(len(b2), chunk_elems)
+    for start in range(0, len(b1), rows):
+        stop = min(start + rows, len(b1))
+        v, i = _iou_block(b1[start:stop], area1[start:stop], b2, area2).max(dim=1)
+        values.append(v)
+        indices.append(i)
+    if not values:
+        dtype = torch.float64 if torch.float64 in (b1.dtype, b2.dtype) else torch.get_default_dtype()
+        return boxes1.new_zeros(0, dtype=dtype), boxes1.new_zeros(0, dtype=torch.int64)
+    return torch.cat(values), torch.cat(indices)
+
+
+def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
+    """Convert boxes between ``"xyxy"`` (corners), ``"xywh"`` (corner, size) and ``"cxcywh"`` (centre, size).
+
+    Args:
+        boxes (Tensor[..., 4]): boxes in ``in_fmt``.
+        in_fmt: one of ``"xyxy"``, ``"xywh"``, ``"cxcywh"``.
+        out_fmt: one of the same.
+
+    Returns:
+        Tensor[..., 4]: boxes in ``out_fmt``, same dtype.
+    """
+    _check_boxes(boxes, batched=True)
+    for name, fmt in (("in_fmt", in_fmt), ("out_fmt", out_fmt)):
+        if fmt not in BOX_FORMATS:
+            raise ValueError(f"{name} must be one of {BOX_FORMATS}, got {fmt!r}")
+    if in_fmt == out_fmt:
+        return boxes.clone()
+    a, b, c, d = boxes.unbind(-1)
+    if in_fmt == "xywh":
+        x1, y1, x2, y2 = a, b, a + c, b + d
+    elif in_fmt == "cxcywh":
+        x1, y1, x2, y2 = a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d
+    else:
+        x1, y1, x2, y2 = a, b, c, d
+    if out_fmt == "xyxy":
+        out = (x1, y1, x2, y2)
+    elif out_fmt == "xywh":
+        out = (x1, y1, x2 - x1, y2 - y1)
+    else:
+        out = ((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)
+    return torch.stack(out, dim=-1).to(boxes.dtype)
+
+
+def clip_boxes(boxes: Tensor, size: Sequence[int]) -> Tensor:
+    """Clip boxes to an image of ``size = (height, width)``: x to ``[0, width]``, y to ``[0, height]``.
+
+    Args:
+        boxes (Tensor[..., 4]): (x1, y1, x2, y2).
+        size: ``(height, width)`` of the image.
+
+    Returns:
+        Tensor[..., 4]: the clipped boxes.
+    """
+    _check_boxes(boxes, batched=True)
+    if len(size) != 2:
+        raise ValueError(f"size must be (height, width), got {tuple(size)!r}")
+    height, width = size
+    if height < 0 or width < 0:
+        raise ValueError(f"size must be non-negative, got height={height}, width={width}")
+    x = boxes[..., 0::2].clamp(min=0, max=width)
+    y = boxes[..., 1::2].clamp(min=0, max=height)
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
+
+def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
+    """Indices of the boxes whose width and height are both at least ``min_size``.
+
+    Args:
+        boxes (Tensor[N, 4]): (x1, y1, x2, y2).
+        min_size: minimum side length.
+
+    Returns:
+        Tensor[K]: int64 indices of the boxes kept, increasing.
+    """
+    _check_boxes(boxes)
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    return torch.where((w >= min_size) & (h >= min_size))[0]
+
+
+def _check_weights(weights: Sequence[float]) -> tuple[float, float, float, float]:
+    weights = tuple(float(w) for w in weights)
+    if len(weights) != 4:
+        raise ValueError(f"weights must be 4 numbers (wx, wy, ww, wh), got {len(weights)}")
+    if any(w <= 0 for w in weights):
+        raise ValueError(f"weights must be positive, got {weights}")
+    return weights
+
+
+def _centre_size(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
+
+
+def encode_boxes(boxes: Tensor, proposals: Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> Tensor:
+    """R-CNN regression targets that turn ``proposals`` into ``boxes``.
+
+    ``t_x = w_x (g_x - p_x) / p_w``, ``t_y = w_y (g_y - p_y) / p_h``, ``t_w = w_w log(g_w / p_w)``,
+    ``t_h = w_h log(g_h / p_h)`` with centres ``x, y`` and sizes ``w, h``. Batched over leading dimensions.
+
+    Args:
+        boxes (Tensor[..., 4]): ground-truth boxes (x1, y1, x2, y2), x1 < x2, y1 < y2.
+        proposals (Tensor[..., 4]): the reference boxes, same shape (or broadcastable), positive width and height.
+        weights: ``(w_x, w_y, w_w, w_h)``; Fast R-CNN heads use ``(10, 10, 5, 5)``.
+
+    Returns:
+        Tensor[..., 4]: ``(t_x, t_y, t_w, t_h)``, float32 for non-float64 inputs.
+    """
+    _check_boxes(boxes, batched=True)
+    _check_boxes(proposals, "proposals", batched=True)
+    wx, wy, ww, wh = _check_weights(weights)
+    gx, gy, gw, gh = _centre_size(_float(boxes))
+    px, py, pw, ph = _centre_size(_float(proposals))
+    return torch.stack(
+        (wx * (gx - px) / pw, wy * (gy - py) / ph, ww * torch.log(gw / pw), wh * torch.log(gh / ph)), dim=-1
+    )
+
+
+def decode_boxes(
+    deltas: Tensor,
+    proposals: Tensor,
+    weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    clamp: float = DEFAULT_BBOX_CLIP,
+) -> Tensor:
+    """Apply R-CNN regression ``deltas`` to ``proposals``: the inverse of :func:`encode_boxes`.
+
+    ``b_x = p_x + p_w t_x / w_x``, ``b_w = p_w exp(min(t_w / w_w, clamp))`` (and likewise for y, h); the clamp keeps
+    ``exp`` finite for wild early-training deltas. Batched over leading dimensions.
+
+    Args:
+        deltas (Tensor[..., 4]): ``(t_x, t_y, t_w, t_h)``.
+        proposals (Tensor[..., 4]): reference boxes (x1, y1, x2, y2), same shape (or broadcastable).
+        weights: ``(w_x, w_y, w_w, w_h)`` used when encoding.
+        clamp: upper bound of ``t_w / w_w`` and ``t_h / w_h`` before ``exp``; default ``log(1000 / 16)``.
+
+    Returns:
+        Tensor[..., 4]: decoded boxes (x1, y1, x2, y2), float32 for non-float64 inputs.
+    """
+    _check_boxes(deltas, "deltas", batched=True)
+    _check_boxes(proposals, "proposals", batched=True)
+    wx, wy, ww, wh = _check_weights(weights)
+    px, py, pw, ph = _centre_size(_float(proposals))
+    deltas = _float(deltas)
+    dx, dy = deltas[..., 0] / wx, deltas[..., 1] / wy
+    dw = (deltas[..., 2] / ww).clamp(max=clamp)
+    dh = (deltas[..., 3] / wh).clamp(max=clamp)
+    cx, cy = px + dx * pw, py + dy * ph
+    half_w, half_h = 0.5 * torch.exp(dw) * pw, 0.5 * torch.exp(dh) * ph
+    return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=-1)
+
+
+def _check_nms_inputs(boxes: Tensor, scores: Tensor, iou_threshold: float) -> None:
+    _check_boxes(boxes)
+    if not isinstance(scores, Tensor):
+        raise TypeError(f"scores must be a Tensor, got {type(scores).__name__}")
+    if scores.dim() != 1 or len(scores) != len(boxes):
+        raise ValueError(f"scores must have shape [N] with N = len(boxes) = {len(boxes)}, got {tuple(scores.shape)}")
+    if not boxes.is_floating_point():
+        raise TypeError(f"boxes must be floating point for NMS, got {boxes.dtype}")
+    if scores.device != boxes.device:
+        raise ValueError(f"scores are on {scores.device} but boxes on {boxes.device}")
+    if not isinstance(iou_threshold, int | float):
+        raise TypeError(f"iou_threshold must be a number, got {type(iou_threshold).__name__}")
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression.
+
+    Visit boxes by decreasing score (ties: lower index first); keep a box unless its IoU with an already kept box is
+    strictly greater than ``iou_threshold``. The result equals that definition exactly. On CPU a compiled C kernel
+    with a uniform-grid index compares each box only with kept boxes that overlap it (falling back to a blocked
+    PyTorch path when no C compiler is available); on CUDA a blocked PyTorch path runs on the device.
+
+    Args:
+        boxes (Tensor[N, 4]): (x1, y1, x2, y2), 0 <= x1 < x2, 0 <= y1 < y2; float16/bfloat16 computed in float32.
+        scores (Tensor[N]): one score per box.
+        iou_threshold: suppress when IoU > this.
+
+    Returns:
+        Tensor[K]: int64 indices of the kept boxes, sorted by decreasing score.
+    """
+    _check_nms_inputs(boxes, scores, iou_threshold)
+    return _nms_kernels.nms(_float(boxes), scores, float(iou_threshold))
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """Non-maximum suppression run independently per category: boxes with different ``idxs`` never suppress each other.
+
+    Exact per category (no coordinate-offset trick, so no rounding of shifted coordinates).
+
+    Args:
+        boxes (Tensor[N, 4]): (x1, y1, x2, y2), 0 <= x1 < x2, 0 <= y1 < y2.
+        scores (Tensor[N]): one score per box.
+        idxs (Tensor[N]): integer category of each box.
+        iou_threshold: suppress when IoU > this.
+
+    Returns:
+        Tensor[K]: int64 indices of the kept boxes, sorted by decreasing score (ties: lower index first).
+    """
+    _check_nms_inputs(boxes, scores, iou_threshold)
+    if not isinstance(idxs, Tensor):
+        raise TypeError(f"idxs must be a Tensor, got {type(idxs).__name__}")
+    if idxs.shape != scores.shape:
+        raise ValueError(f"idxs must have shape [N] with N = {len(boxes)}, got {tuple(idxs.shape)}")
+    if idxs.is_floating_point() or idxs.is_complex():
+        raise TypeError(f"idxs must be an integer tensor, got {idxs.dtype}")
+    return _nms_kernels.batched_nms(_float(boxes), scores, idxs.long(), float(iou_threshold))
+
+
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    *,
+    method: str = "gaussian",
+    sigma: float = 0.5,
+    iou_threshold: float = 0.3,
+    score_threshold: float = 0.001,
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS (Bodla et al. 2017): decay the scores of overlapping boxes instead of removing them.
+
+    Repeatedly take the remaining box ``M`` with the highest score (ties: lower index) and rescale every other
+    remaining box ``b_i``: ``"linear"``: ``s_i *= 1 - IoU(M, b_i)`` when ``IoU > iou_threshold``; ``"gaussian"``:
+    ``s_i *= exp(-IoU(M, b_i)^2 / sigma)``. Boxes whose score falls below ``score_threshold`` are dropped.
+
+    Args:
+        boxes (Tensor[N, 4]): (x1, y1, x2, y2), 0 <= x1 < x2, 0 <= y1 < y2.
+        scores (Tensor[N]): one score per box.
+        method: ``"linear"`` or ``"gaussian"``.
+        sigma: Gaussian width (``"gaussian"`` only), > 0.
+        iou_threshold: overlap above which ``"linear"`` decays.
+        score_threshold: drop boxes whose (decayed) score is below this.
+
+    Returns:
+        (Tensor[K], Tensor[K]): int64 indices of the kept boxes in selection order and their decayed scores
+        (float32, float64 for float64 scores).
+    """
+    _check_nms_inputs(boxes, scores, iou_threshold)
+    if method not in ("linear", "gaussian"):
+        raise ValueError(f"method must be 'linear' or 'gaussian', got {method!r}")
+    if method == "gaussian" and not sigma > 0:
+        raise ValueError(f"sigma must be > 0 for the gaussian method, got {sigma}")
+    b = _float(boxes)
+    s = _float(scores).clone()
+    area = box_area(b)
+    alive = s >= score_threshold
+    keep, kept_scores = [], []
+    neg_inf = torch.tensor(float("-inf"), dtype=s.dtype, device=s.device)
+    for _ in range(len(b)):
+        masked = torch.where(alive, s, neg_inf)
+        i = int(masked.argmax())
+        if not bool(alive[i]):
+            break
+        keep.append(i)
+        kept_scores.append(s[i])
+        alive[i] = False
+        iou = _iou_block(b[i : i + 1], area[i : i + 1], b, area)[0]
+        if method == "linear":
+            decay = torch.where(iou > iou_threshold, 1 - iou, torch.ones_like(iou))
+        else:
+            decay = torch.exp(-(iou * iou) / sigma)
+        s = torch.where(alive, s * decay, s)
+        alive &= s >= score_threshold
+    idx = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
+    out_scores = torch.stack(kept_scores) if kept_scores else s.new_zeros(0)
+    return idx, out_scores

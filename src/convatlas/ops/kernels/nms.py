@@ -1,0 +1,336 @@
+"""NMS back ends: a small C kernel with a uniform-grid index (CPU) and a blocked PyTorch path (CPU fallback and CUDA).
+
+Both compute the exact greedy result. Boxes arrive sorted by decreasing score (ties: lower index first); a box is
+suppressed when its IoU with an earlier kept box is strictly greater than the threshold.
+
+The C kernel (CPU): torchvision's CPU NMS compares every kept box with every later box, ``O(N K)`` IoUs for ``K``
+kept boxes. Two boxes can only exceed a threshold ``>= 0`` when their rectangles overlap with positive area, so the
+kernel buckets kept boxes into a uniform grid (cells about the mean box size) and tests a candidate only against the
+kept boxes in the cells it covers, with a stamp per kept box so each pair is tested once. The IoU is computed with the
+same float operations in the same order as torchvision's CPU kernel and compared in double precision, so the result
+is bit-for-bit the greedy definition; a negative or NaN threshold, or non-finite coordinates, take the plain
+quadratic loop. The kernel is plain C (no PyTorch headers), compiled with ``gcc`` on first use (under a second) into
+``$CONVATLAS_CACHE_DIR`` (default ``~/.cache/convatlas/kernels``), keyed by a hash of its source, and called through
+``ctypes``; if compilation fails, or ``CONVATLAS_NMS_BACKEND=torch`` is set, the PyTorch path runs instead.
+
+The blocked PyTorch path: boxes are taken in blocks of ``block`` rows. A block is first tested against all boxes
+kept so far (one vectorised IoU), then resolved internally: ``keep_i = alive_i and not any_j<i (keep_j and
+IoU_ji > t)`` is iterated from ``keep = alive`` until it stops changing. Any fixed point of that recursion is the
+greedy answer (it defines each ``keep_i`` from earlier ones), and iteration ``r`` fixes at least position ``r``, so it
+ends after at most ``block`` rounds, in practice a handful.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+_C_SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+
+#define DEFINE_NMS(SUFFIX, T)                                                                                      \
+typedef struct { T x1, y1, x2, y2, area; int64_t next; int64_t id; } node_##SUFFIX;                                \
+                                                                                                                    \
+static inline int over_##SUFFIX(T ax1, T ay1, T ax2, T ay2, T aarea, const T *b, T barea, double thr) {             \
+    T xx1 = ax1 > b[0] ? ax1 : b[0];                                                                                \
+    T yy1 = ay1 > b[1] ? ay1 : b[1];                                                                                \
+    T xx2 = ax2 < b[2] ? ax2 : b[2];                                                                                \
+    T yy2 = ay2 < b[3] ? ay2 : b[3];                                                                                \
+    T w = xx2 - xx1; if (!(w > 0)) w = 0;                                                                           \
+    T h = yy2 - yy1; if (!(h > 0)) h = 0;                                                                           \
+    T inter = w * h;                                                                                                \
+    T ovr = inter / (aarea + barea - inter);                                                                        \
+    return (double)ovr > thr;                                                                                       \
+}                                                                                                                   \
+                                                                                                                    \
+/* Quadratic loop over kept boxes: any threshold, any coordinates. */                                               \
+static int64_t plain_##SUFFIX(const T *b, const int64_t *cls, int64_t n, double thr, uint8_t *keep) {             \
+    int64_t *kept = (int64_t *)malloc(sizeof(int64_t) * (n > 0 ? n : 1));                                           \
+    if (!kept) return -1;                                                                                           \
+    int64_t nk = 0;                                                                                                 \
+    for (int64_t i = 0; i < n; i++) {                                                                               \
+        const T *bi = b + 4 * i;                                                                                    \
+        T ai = (bi[2] - bi[0]) * (bi[3] - bi[1]);                                                                   \
+        int sup = 0;                                                                                                \
+        for (int64_t q = 0; q < nk && !sup; q++) {                                                                  \
+            int64_t j = kept[q];                                                                                    \
+            if (cls && cls[j] != cls[i]) continue;                                                                  \
+            const T *bj = b + 4 * j;                                                                                \
+            T aj = (bj[2] - bj[0]) * (bj[3] - bj[1]);                                                               \
+            sup = over_##SUFFIX(bj[0], bj[1], bj[2], bj[3], aj, bi, ai, thr);                                       \
+        }                                                                                                           \
+        keep[i] = (uint8_t)!sup;                                                                                    \
+        if (!sup) kept[nk++] = i;                                                                                   \
+    }                                                                                                               \
+    free(kept);                                                                                                     \
+    return nk;                                                                                                      \
+}                                                                                                                   \
+                                                                                                                    \
+/* Grid-indexed loop for one segment (one category): threshold >= 0 and finite coordinates. */                      \
+static int64_t grid_##SUFFIX(const T *b, int64_t n, double thr, uint8_t *keep) {                                   \
+    double minx = INFINITY, miny = INFINITY, maxx = -INFINITY, maxy = -INFINITY, sw = 0, sh = 0;                   \
+    int64_t nv = 0;                                                                                                 \
+    for (int64_t i = 0; i < n; i++) {                                                                               \
+        const T *bi = b + 4 * i;                                                                                    \
+        if (!(bi[2] > bi[0] && bi[3] > bi[1])) continue;                                                            \
+        if (bi[0] < minx) minx = bi[0];                                                                             \
+        if (bi[1] < miny) miny = bi[1];                                                                             \
+        if (bi[2] > maxx) maxx = bi[2];                                                                             \
+        if (bi[3] > maxy) maxy = bi[3];                                                                             \
+        sw += (double)bi[2] - (double)bi[0];                                                                        \
+        sh += (double)bi[3] - (double)bi[1];                                                                        \
+        nv++;                                                                                                       \
+    }                                                                                                               \
+    if (nv == 0) { for (int64_t i = 0; i < n; i++) keep[i] = 1; return n; }                                        \
+    double cw = sw / nv, ch = sh / nv;                                                                              \
+    if (!(cw > 0)) cw = 1; if (!(ch > 0)) ch = 1;                                                                   \
+    double ex = maxx - minx, ey = maxy - miny;                                                                      \
+    int64_t gx, gy;                                                                                                 \
+    for (;;) {                                                                                                      \
+        double fx = ceil(ex / cw), fy = ceil(ey / ch);                                                              \
+        if (fx < 1) fx = 1; if (fy < 1) fy = 1;                                                                     \
+        if (fx * fy <= 4.0 * (double)nv + 16) { gx = (int64_t)fx; gy = (int64_t)fy; break; }                        \
+        cw *= 2; ch *= 2;                                                                                           \
+    }                                                                                                               \
+    int64_t *head = (int64_t *)malloc(sizeof(int64_t) * gx * gy);                                                   \
+    int64_t *stamp = (int64_t *)malloc(sizeof(int64_t) * n);                                                        \
+    int64_t cap = 4 * n + 16, used = 0, nk = 0;                                                                     \
+    node_##SUFFIX *nodes = (node_##SUFFIX *)malloc(sizeof(node_##SUFFIX) * cap);                                    \
+    if (!head || !stamp || !nodes) { free(head); free(stamp); free(nodes); return -1; }                            \
+    for (int64_t c = 0; c < gx * gy; c++) head[c] = -1;                                                             \
+    for (int64_t i = 0; i < n; i++) stamp[i] = -1;                                                                  \
+    for (int64_t i = 0; i < n; i++) {                                                                               \
+        const T *bi = b + 4 * i;                                                                                    \
+        if (!(bi[2] > bi[0] && bi[3] > bi[1])) { keep[i] = 1; nk++; continue; } /* no overlap with anything */     \
+        T ai = (bi[2] - bi[0]) * (bi[3] - bi[1]);                                                                   \
+        int64_t cx0 = (int64_t)floor(((double)bi[0] - minx) / cw), cx1 = (int64_t)floor(((double)bi[2] - minx) / cw); \
+        int64_t cy0 = (int64_t)floor(((double)bi[1] - miny) / ch), cy1 = (int64_t)floor(((double)bi[3] - miny) / ch); \
+        if (cx0 < 0) cx0 = 0; if (cy0 < 0) cy0 = 0; if (cx1 >= gx) cx1 = gx - 1; if (cy1 >= gy) cy1 = gy - 1;     \
+        int sup = 0;                                                                                                \
+        for (int64_t cy = cy0; cy <= cy1 && !sup; cy++)                                                             \
+            for (int64_t cx = cx0; cx <= cx1 && !sup; cx++)                                                         \
+                for (int64_t q = head[cy * gx + cx]; q >= 0 && !sup; q = nodes[q].next) {                           \
+                    node_##SUFFIX *k = nodes + q;                                                                   \
+                    if (stamp[k->id] == i) continue;                                                                \
+                    stamp[k->id] = i;                                                                               \
+                    sup = over_##SUFFIX(k->x1, k->y1, k->x2, k->y2, k->area, bi, ai, thr);                          \
+                }                                                                                                   \
+        keep[i] = (uint8_t)!sup;                                                                                    \
+        if (sup) continue;                                                                                          \
+        nk++;                                                                                                       \
+        int64_t need = used + (cx1 - cx0 + 1) * (cy1 - cy0 + 1);                                                    \
+        if (need > cap) {                                                                                           \
+            while (cap < need) cap *= 2;                                                                            \
+            node_##SUFFIX *grown = (node_##SUFFIX *)realloc(nodes, sizeof(node_##SUFFIX) * cap);                    \
+            if (!grown) { free(head); free(stamp); free(nodes); return -1; }                                        \
+            nodes = grown;                                                                                          \
+        }                                                                                                           \
+        for (int64_t cy = cy0; cy <= cy1; cy++)                                                                     \
+            for (int64_t cx = cx0; cx <= cx1; cx++) {                                                               \
+                node_##SUFFIX *k = nodes + used;                                                                    \
+                k->x1 = bi[0]; k->y1 = bi[1]; k->x2 = bi[2]; k->y2 = bi[3]; k->area = ai; k->id = i;              \
+                k->next = head[cy * gx + cx];                                                                       \
+                head[cy * gx + cx] = used++;                                                                        \
+            }                                                                                                       \
+    }                                                                                                               \
+    free(head); free(stamp); free(nodes);                                                                           \
+    return nk;                                                                                                      \
+}                                                                                                                   \
+                                                                                                                    \
+/* Boxes sorted by category then decreasing score; seg[s]..seg[s+1] is one category. Returns kept count or -1. */   \
+int64_t nms_##SUFFIX(const T *b, const int64_t *seg, int64_t nseg, double thr, uint8_t *keep) {                    \
+    int64_t n = seg[nseg], total = 0;                                                                               \
+    int finite = 1;                                                                                                 \
+    for (int64_t i = 0; i < 4 * n; i++) if (!isfinite((double)b[i])) { finite = 0; break; }                        \
+    for (int64_t s = 0; s < nseg; s++) {                                                                            \
+        int64_t lo = seg[s], m = seg[s + 1] - seg[s];                                                               \
+        int64_t r = (finite && thr >= 0) ? grid_##SUFFIX(b + 4 * lo, m, thr, keep + lo)                             \
+                                         : plain_##SUFFIX(b + 4 * lo, NULL, m, thr, keep + lo);                     \
+        if (r < 0) return -1;                                                                                       \
+        total += r;                                                                                                 \
+    }                                                                                                               \
+    return total;                                                                                                   \
+}
+
+DEFINE_NMS(f32, float)
+DEFINE_NMS(f64, double)
+"""
+
+_CFLAGS = ["-O3", "-shared", "-fPIC", "-std=c99", "-ffp-contract=off", "-fno-fast-math"]
+_lib: ctypes.CDLL | None = None
+_lib_failed = False
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("CONVATLAS_CACHE_DIR") or Path.home() / ".cache" / "convatlas"
+    return Path(root) / "kernels"
+
+
+def _build(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        src = Path(tmp) / "nms.c"
+        src.write_text(_C_SOURCE)
+        out = Path(tmp) / path.name
+        cc = os.environ.get("CC", "gcc")
+        subprocess.run([cc, *_CFLAGS, str(src), "-o", str(out), "-lm"], check=True, capture_output=True, timeout=120)
+        os.replace(out, path)  # atomic: concurrent processes either see the old state or the finished library
+
+
+def load_library() -> ctypes.CDLL | None:
+    """The compiled C kernel, building it on first use; ``None`` when it cannot be built (warns once)."""
+    global _lib, _lib_failed
+    if _lib is not None or _lib_failed:
+        return _lib
+    digest = hashlib.sha256((_C_SOURCE + " ".join(_CFLAGS)).encode()).hexdigest()[:16]
+    path = _cache_dir() / f"convatlas_nms_{digest}.so"
+    try:
+        if not path.exists():
+            _build(path)
+        lib = ctypes.CDLL(str(path))
+        for name in ("nms_f32", "nms_f64"):
+            fn = getattr(lib, name)
+            fn.restype = ctypes.c_int64
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p]
+        _lib = lib
+    except (OSError, subprocess.SubprocessError, AttributeError) as exc:
+        _lib_failed = True
+        warnings.warn(f"convatlas: C NMS kernel unavailable ({exc}); using the PyTorch path", stacklevel=3)
+    return _lib
+
+
+def backend_for(device: torch.device) -> str:
+    """``"c"`` or ``"torch"``: what :func:`nms` will run for tensors on ``device``."""
+    forced = os.environ.get("CONVATLAS_NMS_BACKEND", "")
+    if forced not in ("", "c", "torch"):
+        raise ValueError(f"CONVATLAS_NMS_BACKEND must be 'c' or 'torch', got {forced!r}")
+    if device.type != "cpu" or forced == "torch":
+        return "torch"
+    return "c" if load_library() is not None else "torch"
+
+
+def _threshold_for(dtype: torch.dtype, thr: float) -> tuple[float, bool]:
+    """``(t, inclusive)`` such that ``iou > thr`` (thr in double) equals ``iou >= t`` or ``iou > t`` in ``dtype``."""
+    if dtype == torch.float64 or thr != thr:
+        return thr, False
+    t = torch.tensor(thr, dtype=dtype)
+    if float(t) <= thr:
+        t = torch.nextafter(t, torch.tensor(float("inf"), dtype=dtype))
+    return float(t), True
+
+
+def _pair_iou(a: Tensor, area_a: Tensor, b: Tensor, area_b: Tensor) -> Tensor:
+    """IoU with the same float operations as the C kernel (kept box ``b`` first in the union's sum)."""
+    xx1 = torch.maximum(b[None, :, 0], a[:, None, 0])
+    yy1 = torch.maximum(b[None, :, 1], a[:, None, 1])
+    xx2 = torch.minimum(b[None, :, 2], a[:, None, 2])
+    yy2 = torch.minimum(b[None, :, 3], a[:, None, 3])
+    inter = (xx2 - xx1).clamp_(min=0) * (yy2 - yy1).clamp_(min=0)
+    return inter / (area_b[None, :] + area_a[:, None] - inter)
+
+
+def greedy_torch(boxes: Tensor, thr: float, cls: Tensor | None = None, block: int = 256) -> Tensor:
+    """Keep flags of greedy NMS over boxes already sorted by decreasing score, in blocked PyTorch ops.
+
+    Args:
+        boxes (Tensor[N, 4]): sorted boxes, float32 or float64.
+        thr: IoU threshold (suppress when IoU > thr).
+        cls (Tensor[N], optional): category of each box; boxes of different categories never suppress each other.
+        block: rows per block.
+
+    Returns:
+        Tensor[N]: bool, True where the box is kept.
+    """
+    t, inclusive = _threshold_for(boxes.dtype, thr)
+
+    def over(iou: Tensor) -> Tensor:
+        return iou >= t if inclusive else iou > t
+
+    n = len(boxes)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    kept_idx = []
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        blk, blk_area = boxes[start:stop], area[start:stop]
+        alive = torch.ones(stop - start, dtype=torch.bool, device=boxes.device)
+        if kept_idx:
+            prev = torch.cat(kept_idx)
+            hit = over(_pair_iou(blk, blk_area, boxes[prev], area[prev]))  # (block, kept)
+            if cls is not None:
+                hit &= cls[start:stop, None] == cls[prev][None, :]
+            alive = ~hit.any(dim=1)
+        # m[i, j]: earlier box j would suppress box i
+        m = over(_pair_iou(blk, blk_area, blk, blk_area)).tril_(-1)
+        if cls is not None:
+            m &= cls[start:stop, None] == cls[None, start:stop]
+        m &= alive[None, :]
+        k = alive
+        for _ in range(stop - start + 1):
+            new = alive & ~(m & k[None, :]).any(dim=1)
+            if torch.equal(new, k):
+                break
+            k = new
+        keep[start:stop] = k
+        kept_idx.append(torch.nonzero(k).flatten() + start)
+    return keep
+
+
+def _greedy_c(boxes: Tensor, thr: float, seg: Tensor) -> Tensor:
+    lib = load_library()
+    boxes = boxes.contiguous()
+    keep = torch.empty(len(boxes), dtype=torch.uint8)
+    fn = lib.nms_f64 if boxes.dtype == torch.float64 else lib.nms_f32
+    seg = seg.contiguous()
+    r = fn(boxes.data_ptr(), seg.data_ptr(), len(seg) - 1, thr, keep.data_ptr())
+    if r < 0:
+        raise MemoryError(f"C NMS kernel could not allocate its grid for {len(boxes)} boxes")
+    return keep.bool()
+
+
+def _order(scores: Tensor) -> Tensor:
+    return torch.sort(scores, descending=True, stable=True).indices
+
+
+def nms(boxes: Tensor, scores: Tensor, thr: float, backend: str | None = None) -> Tensor:
+    """Greedy NMS on validated float32/float64 ``boxes``; see :func:`convatlas.ops.boxes.nms`."""
+    if len(boxes) == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    backend = backend or backend_for(boxes.device)
+    order = _order(scores)
+    sorted_boxes = boxes[order]
+    if backend == "c":
+        seg = torch.tensor([0, len(boxes)], dtype=torch.int64)
+        keep = _greedy_c(sorted_boxes, thr, seg)
+    else:
+        keep = greedy_torch(sorted_boxes, thr)
+    return order[keep]
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, thr: float, backend: str | None = None) -> Tensor:
+    """Per-category greedy NMS on validated inputs; see :func:`convatlas.ops.boxes.batched_nms`."""
+    if len(boxes) == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    backend = backend or backend_for(boxes.device)
+    order = _order(scores)
+    if backend == "c":
+        # group by category, keeping score order inside each group (stable sort)
+        order = order[torch.sort(idxs[order], stable=True).indices]
+        counts = torch.unique_consecutive(idxs[order], return_counts=True)[1]
+        seg = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        keep = _greedy_c(boxes[order], thr, seg)
+    else:
+        keep = greedy_torch(boxes[order], thr, cls=idxs[order])
+    kept = order[keep].sort().values  # by index, so the stable sort below breaks score ties by index
+    return kept[_order(scores[kept])]

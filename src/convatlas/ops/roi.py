@@ -1,0 +1,358 @@
+"""Region-of-interest pooling: RoI pool (Fast R-CNN), RoI align (Mask R-CNN) and the FPN multi-scale pooler.
+
+Boxes are ``(x1, y1, x2, y2)`` in input-image pixels; ``spatial_scale`` maps them onto the feature map (``1/16`` for a
+stride-16 backbone). They come either as one ``Tensor[K, 5]`` whose first column is the batch index, or as a list of
+``Tensor[L, 4]``, one per image, as in ``torchvision.ops``.
+
+Both operators are written as a gather from the channels-last feature map followed by a reduction, so their backward
+pass is PyTorch's own autograd (an ``index_add`` into the input gradient) and they run on any device. float16/bfloat16
+inputs are computed in float32 and cast back. Boxes get no gradient, as in torchvision.
+
+RoI align (He et al. 2017): the box ``[x1 s - o, x2 s - o]`` (``o = 0.5`` when ``aligned``, else the width is at
+least 1) is cut into ``PH x PW`` bins; each bin averages ``g_h x g_w`` bilinear samples at
+``y = y1' + (i + (j + 0.5) / g_h) h / PH``, where ``g_h = sampling_ratio`` or, when that is <= 0,
+``ceil(h / PH)``. A sample outside ``[-1, H] x [-1, W]`` contributes 0; otherwise coordinates are clamped into the map.
+
+RoI pool (Girshick 2015): the box is rounded to feature cells ``[round(x1 s), round(x2 s)]`` (inclusive), bin ``i``
+covers rows ``floor(i h / PH) .. ceil((i + 1) h / PH) - 1``, and the output is the maximum over the bin (0 for an
+empty bin); the gradient goes to the position of the maximum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["assign_levels", "boxes_to_rois", "infer_scale", "multi_scale_roi_align", "roi_align", "roi_pool"]
+
+# elements per gathered temporary (the roi loop is chunked so this bounds memory)
+_CHUNK_ELEMS = 1 << 24
+
+
+def boxes_to_rois(boxes: Tensor | Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
+    """Bring boxes to the ``Tensor[K, 5]`` form ``(batch_index, x1, y1, x2, y2)``.
+
+    Args:
+        boxes: ``Tensor[K, 5]`` (returned as is, cast to ``dtype``) or a list of ``Tensor[L, 4]``, one per image.
+        dtype: dtype of the result; default the boxes' own.
+
+    Returns:
+        Tensor[K, 5]: batch index in column 0, then (x1, y1, x2, y2).
+    """
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise ValueError(
+                f"boxes as a Tensor must have shape [K, 5] (batch index, x1, y1, x2, y2), got {tuple(boxes.shape)}"
+            )
+        return boxes if dtype is None else boxes.to(dtype)
+    if not isinstance(boxes, list | tuple) or not all(isinstance(b, Tensor) for b in boxes):
+        raise TypeError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}")
+    for i, b in enumerate(boxes):
+        if b.dim() != 2 or b.shape[1] != 4:
+            raise ValueError(f"boxes[{i}] must have shape [L, 4], got {tuple(b.shape)}")
+    if not boxes:
+        return torch.zeros((0, 5), dtype=dtype or torch.get_default_dtype())
+    dtype = dtype or boxes[0].dtype
+    ids = [torch.full((len(b), 1), i, dtype=dtype, device=b.device) for i, b in enumerate(boxes)]
+    return torch.cat([torch.cat(ids), torch.cat(boxes).to(dtype)], dim=1)
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        value = (value, value)
+    value = tuple(value)
+    if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
+        raise ValueError(f"{name} must be a positive int or a pair of positive ints (height, width), got {value!r}")
+    return value
+
+
+def _prepare(input: Tensor, boxes: Tensor | Sequence[Tensor], output_size, spatial_scale: float, op: str):
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{op}: input must be a Tensor, got {type(input).__name__}")
+    if input.dim() != 4:
+        raise ValueError(f"{op}: input must have shape [N, C, H, W], got {tuple(input.shape)}")
+    if not input.is_floating_point():
+        raise TypeError(f"{op}: input must be floating point, got {input.dtype}")
+    if not spatial_scale > 0:
+        raise ValueError(f"{op}: spatial_scale must be > 0, got {spatial_scale}")
+    ph, pw = _pair(output_size, "output_size")
+    compute = torch.float64 if input.dtype == torch.float64 else torch.float32
+    rois = boxes_to_rois(boxes, compute).detach().to(input.device)
+    if len(rois):
+        bmin, bmax = int(rois[:, 0].min()), int(rois[:, 0].max())
+        if bmin < 0 or bmax >= input.shape[0]:
+            raise ValueError(
+                f"{op}: box batch indices must lie in [0, {input.shape[0] - 1}] for an input batch of "
+                f"{input.shape[0]}, got [{bmin}, {bmax}]"
+            )
+    n, c, h, w = input.shape
+    flat = input.to(compute).permute(0, 2, 3, 1).reshape(n * h * w, c)  # (N*H*W, C), channels last
+    return flat, rois, ph, pw, compute
+
+
+def _chunks(k: int, per_roi: int):
+    step = max(1, _CHUNK_ELEMS // max(per_roi, 1))
+    for start in range(0, k, step):
+        yield start, min(start + step, k)
+
+
+def _axis_samples(start: Tensor, bin_size: Tensor, pooled: int, grid: int, size: int, compute: torch.dtype):
+    """Sample positions along one axis and their bilinear low/high indices and weights, torchvision's rules.
+
+    Returns four tensors of shape (K, pooled * grid): low index, high index, low weight, high weight (0 outside).
+    """
+    k = len(start)
+    p = torch.arange(pooled, dtype=compute, device=start.device)
+    j = torch.arange(grid, dtype=compute, device=start.device) + 0.5
+    # same evaluation order as the reference: start + p * bin + (j + .5) * bin / grid
+    pos = (start[:, None, None] + p[None, :, None] * bin_size[:, None, None]) + (
+        j[None, None, :] * bin_size[:, None, None]
+    ) / grid
+    pos = pos.reshape(k, pooled * grid)
+    valid = (pos >= -1.0) & (pos <= size)
+    pos = pos.clamp(min=0)
+    low = pos.long()
+    at_edge = low >= size - 1
+    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
+    high = torch.where(at_edge, low, low + 1)
+    pos = torch.where(at_edge, low.to(compute), pos)
+    frac = pos - low
+    w_high = frac * valid
+    w_low = (1 - frac) * valid
+    return low, high, w_low, w_high
+
+
+def roi_align(
+    input: Tensor,
+    boxes: Tensor | Sequence[Tensor],
+    output_size: int | Sequence[int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """RoI align: average of bilinear samples in each bin of each box (Mask R-CNN).
+
+    Same arguments and result as ``torchvision.ops.roi_align``.
+
+    Args:
+        input (Tensor[N, C, H, W]): feature map.
+        boxes (Tensor[K, 5] or list of Tensor[L, 4]): (batch index,) x1, y1, x2, y2 in image pixels, x1 < x2, y1 < y2.
+        output_size: ``(PH, PW)`` or one int.
+        spatial_scale: factor from image pixels to feature cells (``1 / stride``).
+        sampling_ratio: samples per bin along each axis; <= 0 means ``ceil(box size / output size)`` per box.
+        aligned: shift boxes by -0.5 cell so that sample points sit at pixel centres (Detectron2's convention).
+
+    Returns:
+        Tensor[K, C, PH, PW]: pooled features, dtype of ``input``.
+    """
+    flat, rois, ph, pw, compute = _prepare(input, boxes, output_size, spatial_scale, "roi_align")
+    n, c, h, w = input.shape
+    k = len(rois)
+    out = flat.new_zeros((k, ph, pw, c))
+    if k == 0:
+        return out.permute(0, 3, 1, 2).to(input.dtype)
+    offset = 0.5 if aligned else 0.0
+    scale = torch.tensor(spatial_scale, dtype=compute)
+    x1, y1 = rois[:, 1] * scale - offset, rois[:, 2] * scale - offset
+    roi_w, roi_h = rois[:, 3] * scale - offset - x1, rois[:, 4] * scale - offset - y1
+    if not aligned:
+        roi_w, roi_h = roi_w.clamp(min=1), roi_h.clamp(min=1)
+    bin_w, bin_h = roi_w / pw, roi_h / ph
+    if sampling_ratio > 0:
+        grid_h = torch.full((k,), sampling_ratio, dtype=torch.int64, device=rois.device)
+        grid_w = grid_h
+    else:
+        grid_h = torch.ceil(roi_h / ph).long().clamp(min=0)
+        grid_w = torch.ceil(roi_w / pw).long().clamp(min=0)
+    batch = rois[:, 0].long()
+    # The output is linear in the input: out[(k, i, j), :] = sum of weight * flat[cell, :] over the 4 bilinear corners
+    # of every sample of bin (i, j). Build those weights as one sparse matrix and multiply once; autograd gives the
+    # backward (its transpose times the output gradient). One pass per distinct (grid_h, grid_w).
+    rows, cols, weights = [], [], []
+    pairs = torch.stack([grid_h, grid_w], dim=1)
+    for gh, gw in torch.unique(pairs, dim=0).tolist():
+        if gh == 0 or gw == 0:
+            continue  # no samples: the output stays 0, as in the reference
+        idx = torch.nonzero((grid_h == gh) & (grid_w == gw)).flatten()
+        yl, yh, wyl, wyh = _axis_samples(y1[idx], bin_h[idx], ph, gh, h, compute)  # (k, PH*gh)
+        xl, xh, wxl, wxh = _axis_samples(x1[idx], bin_w[idx], pw, gw, w, compute)  # (k, PW*gw)
+        base = (batch[idx] * h * w)[:, None, None]
+        i = torch.arange(ph, device=rois.device).repeat_interleave(gh)  # bin row of each y sample
+        j = torch.arange(pw, device=rois.device).repeat_interleave(gw)  # bin column of each x sample
+        row = (idx[:, None, None] * ph + i[None, :, None]) * pw + j[None, None, :]  # (k, PH*gh, PW*gw)
+        for yi, wy in ((yl, wyl), (yh, wyh)):
+            for xi, wx in ((xl, wxl), (xh, wxh)):
+                rows.append(row.flatten())
+                cols.append((base + yi[:, :, None] * w + xi[:, None, :]).flatten())
+                weights.append((wy[:, :, None] * wx[:, None, :]).flatten() / (gh * gw))
+    if not rows:
+        return out.permute(0, 3, 1, 2).to(input.dtype)
+    matrix = torch.sparse_coo_tensor(
+        torch.stack([torch.cat(rows), torch.cat(cols)]),
+        torch.cat(weights),
+        (k * ph * pw, n * h * w),
+        check_invariants=False,
+    )
+    out = torch.sparse.mm(matrix, flat).view(k, ph, pw, c)
+    return out.permute(0, 3, 1, 2).to(input.dtype)
+
+
+def _round_half_away(x: Tensor) -> Tensor:
+    """C's ``round``: halves go away from zero (``torch.round`` rounds them to even)."""
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def roi_pool(
+    input: Tensor,
+    boxes: Tensor | Sequence[Tensor],
+    output_size: int | Sequence[int],
+    spatial_scale: float = 1.0,
+) -> Tensor:
+    """RoI max pooling over quantised bins (Fast R-CNN).
+
+    Same arguments and result as ``torchvision.ops.roi_pool``.
+
+    Args:
+        input (Tensor[N, C, H, W]): feature map.
+        boxes (Tensor[K, 5] or list of Tensor[L, 4]): (batch index,) x1, y1, x2, y2 in image pixels, x1 < x2, y1 < y2.
+        output_size: ``(PH, PW)`` or one int.
+        spatial_scale: factor from image pixels to feature cells (``1 / stride``).
+
+    Returns:
+        Tensor[K, C, PH, PW]: the maximum of each bin (0 for a bin that falls outside the map), dtype of ``input``.
+    """
+    flat, rois, ph, pw, compute = _prepare(input, boxes, output_size, spatial_scale, "roi_pool")
+    n, c, h, w = input.shape
+    k = len(rois)
+    out = flat.new_zeros((k, ph, pw, c))
+    if k == 0:
+        return out.permute(0, 3, 1, 2).to(input.dtype)
+    scale = torch.tensor(spatial_scale, dtype=compute)
+    start = _round_half_away(rois[:, 1:3] * scale).long()  # (k, 2): x, y
+    end = _round_half_away(rois[:, 3:5] * scale).long()
+    size = (end - start + 1).clamp(min=1)
+
+    def bins(i: int, pooled: int, limit: int) -> tuple[Tensor, Tensor]:
+        bin_size = size[:, i].to(compute) / pooled
+        p = torch.arange(pooled, dtype=compute, device=rois.device)
+        lo = torch.floor(p[None, :] * bin_size[:, None]).long() + start[:, i, None]
+        hi = torch.ceil((p[None, :] + 1) * bin_size[:, None]).long() + start[:, i, None]
+        return lo.clamp(0, limit), hi.clamp(0, limit)  # (k, pooled)
+
+    x_lo, x_hi = bins(0, pw, w)
+    y_lo, y_hi = bins(1, ph, h)
+    span_y = int((y_hi - y_lo).max().clamp(min=1))
+    span_x = int((x_hi - x_lo).max().clamp(min=1))
+    batch = rois[:, 0].long()
+    for a, b in _chunks(k, ph * pw * span_y * span_x * c * 2):
+        rows = y_lo[a:b, :, None] + torch.arange(span_y, device=rois.device)  # (k, PH, sy)
+        cols = x_lo[a:b, :, None] + torch.arange(span_x, device=rois.device)  # (k, PW, sx)
+        ok = (rows < y_hi[a:b, :, None])[:, :, :, None, None] & (cols < x_hi[a:b, :, None])[:, None, None, :, :]
+        cell = (
+            (batch[a:b] * h * w)[:, None, None, None, None]
+            + rows.clamp(max=h - 1)[:, :, :, None, None] * w
+            + cols.clamp(max=w - 1)[:, None, None, :, :]
+        )  # (k, PH, sy, PW, sx)
+        vals = flat.index_select(0, cell.flatten()).view(*cell.shape, c)
+        vals = vals.masked_fill(~ok[..., None], float("-inf"))
+        vals = vals.permute(0, 1, 3, 5, 2, 4).reshape(b - a, ph, pw, c, span_y * span_x)
+        best = vals.max(dim=-1).values
+        empty = ~ok.any(dim=4).any(dim=2)  # (k, PH, PW)
+        best = best.masked_fill(empty[..., None], 0)
+        out = out.index_copy(0, torch.arange(a, b, device=rois.device), best)
+    return out.permute(0, 3, 1, 2).to(input.dtype)
+
+
+def infer_scale(feature_size: Sequence[int], image_size: Sequence[int]) -> float:
+    """The power of two closest to ``feature_size / image_size`` (heights), e.g. 0.25 for a stride-4 map.
+
+    Args:
+        feature_size: ``(H, W)`` of the feature map.
+        image_size: ``(height, width)`` of the (padded) input image.
+    """
+    approx = float(feature_size[0]) / float(image_size[0])
+    return 2.0 ** round(math.log2(approx))
+
+
+def assign_levels(
+    boxes: Tensor,
+    k_min: int,
+    k_max: int,
+    *,
+    canonical_scale: float = 224,
+    canonical_level: int = 4,
+    eps: float = 1e-6,
+) -> Tensor:
+    """FPN level of each box: ``k = floor(k0 + log2(sqrt(w h) / s0) + eps)`` clamped to ``[k_min, k_max]``.
+
+    Args:
+        boxes (Tensor[K, 4]): (x1, y1, x2, y2) in image pixels.
+        k_min: finest pyramid level present (2 for P2 at stride 4).
+        k_max: coarsest pyramid level present.
+        canonical_scale: ``s0``, the box size that maps to ``canonical_level``.
+        canonical_level: ``k0``.
+        eps: guards ``floor`` against round-off for sizes that are exact powers of two times ``s0``.
+
+    Returns:
+        Tensor[K]: int64 level index counted from ``k_min`` (0 is the finest map).
+    """
+    if k_min > k_max:
+        raise ValueError(f"k_min must be <= k_max, got k_min={k_min}, k_max={k_max}")
+    s = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    k = torch.floor(canonical_level + torch.log2(s / canonical_scale) + torch.tensor(eps, dtype=s.dtype))
+    return (k.clamp(min=k_min, max=k_max).long() - k_min).long()
+
+
+def multi_scale_roi_align(
+    features: Sequence[Tensor],
+    boxes: Sequence[Tensor],
+    output_size: int | Sequence[int],
+    *,
+    scales: Sequence[float],
+    sampling_ratio: int = -1,
+    canonical_scale: float = 224,
+    canonical_level: int = 4,
+    aligned: bool = False,
+) -> Tensor:
+    """RoI align over a feature pyramid: each box is pooled from the level FPN's rule assigns it to.
+
+    Args:
+        features (list of Tensor[N, C, H_l, W_l]): pyramid levels, finest first, strides doubling.
+        boxes (list of Tensor[L, 4]): per-image boxes (x1, y1, x2, y2) in image pixels, x1 < x2, y1 < y2.
+        output_size: ``(PH, PW)`` or one int.
+        scales: spatial scale of each level (``1 / stride``), powers of two.
+        sampling_ratio: as in :func:`roi_align`.
+        canonical_scale: ``s0`` of :func:`assign_levels`.
+        canonical_level: ``k0`` of :func:`assign_levels`.
+        aligned: as in :func:`roi_align`.
+
+    Returns:
+        Tensor[K, C, PH, PW]: pooled features in the order of the concatenated boxes.
+    """
+    if len(features) == 0 or len(features) != len(scales):
+        raise ValueError(
+            f"features and scales must be non-empty and of equal length, got {len(features)} and {len(scales)}"
+        )
+    rois = boxes_to_rois(list(boxes), features[0].dtype)
+    ph, pw = _pair(output_size, "output_size")
+    if len(features) == 1:
+        return roi_align(features[0], rois, (ph, pw), scales[0], sampling_ratio, aligned)
+    k_min = round(-math.log2(scales[0]))
+    k_max = round(-math.log2(scales[-1]))
+    if k_max - k_min + 1 != len(features):
+        raise ValueError(
+            f"scales must halve from level to level: {list(scales)} spans levels {k_min}..{k_max} "
+            f"for {len(features)} feature maps"
+        )
+    levels = assign_levels(rois[:, 1:], k_min, k_max, canonical_scale=canonical_scale, canonical_level=canonical_level)
+    c = features[0].shape[1]
+    out = features[0].new_zeros((len(rois), c, ph, pw))
+    for level, (feat, scale) in enumerate(zip(features, scales, strict=True)):
+        idx = torch.nonzero(levels == level).flatten()
+        if len(idx):
+            pooled = roi_align(feat, rois[idx], (ph, pw), scale, sampling_ratio, aligned)
+            out = out.index_copy(0, idx, pooled.to(out.dtype))
+    return out
