@@ -115,10 +115,15 @@ class WarpFeatures(nn.Module):
     def forward(self, images: Tensor, proposals: Sequence[Tensor]) -> Tensor:
         """``images (Tensor[N, C, H, W])`` (normalised), ``proposals (list[Tensor[R_i, 4]])`` -> ``Tensor[R, D]``."""
         rois = _rois([self.dilate(p) for p in proposals]).to(images.dtype)
+        sizes = [min(self.chunk, len(rois) - start) for start in range(0, len(rois), self.chunk)]
+        if len(sizes) > 1 and sizes[-1] == 1:  # batch norm in training needs more than one crop per pass
+            sizes[-2:] = [sizes[-2] + 1]
         out = []
-        for start in range(0, len(rois), self.chunk):
-            crops = roi_align(images, rois[start : start + self.chunk], self.warp_size, 1.0, 1, True)  # (r, C, S, S)
-            out.append(self.cnn.forward_features(crops).mean(dim=(2, 3)))
+        for part in rois.split(sizes):
+            crops = roi_align(images, part, self.warp_size, 1.0, 1, True)  # (r, C, S, S)
+            if self.training and len(crops) == 1:
+                crops = crops.expand(2, -1, -1, -1)  # a lone crop: run it twice so batch norm sees two values
+            out.append(self.cnn.forward_features(crops).mean(dim=(2, 3))[: len(part)])
         if not out:
             return images.new_zeros(0, self.out_features)
         return torch.cat(out)
