@@ -153,7 +153,8 @@ def test_losses_and_detections_both_and_empty_images_train(name):
     if name == "rcnn":
         kwargs = {"num_classes": 3, "backbone": BACKBONE, "warp_size": 32, "context": 2}
     model = create_model(name, **kwargs)
-    proposals = {} if name == "faster_rcnn" else {"proposals": [target["boxes"] + 2.0, torch.tensor([[5.0, 5, 30, 30]])]}
+    given = [target["boxes"] + 2.0, torch.tensor([[5.0, 5, 30, 30]])]  # as cached selective search would give
+    proposals = {} if name == "faster_rcnn" else {"proposals": given}
     losses, detections = model([image, image * 0.5], [target, empty], **proposals)
     assert len(detections) == 2 and set(detections[0]) == {"boxes", "scores", "labels"}
     assert all(torch.isfinite(v) for v in losses.values())
