@@ -1,0 +1,222 @@
+"""U-Net (Ronneberger, Fischer & Brox, "U-Net: Convolutional Networks for Biomedical Image Segmentation", MICCAI 2015).
+
+The paper's network (its Fig. 1) is the default: a contracting path of two unpadded 3x3 convolutions with ReLU and a
+2x2 max pool per level (64, 128, 256, 512, 1024 channels), an expansive path where each step is a 2x2 transposed
+convolution ("up-convolution") that halves the channels, the centre crop of the matching contracting-path map
+concatenated to it, and two unpadded 3x3 convolutions; a final 1x1 convolution gives the class scores. Every unpadded
+convolution loses a 1-pixel border, so ``unet(in_channels=1, num_classes=2)`` maps a 572x572 tile to 388x388
+(31,030,658 parameters; the overlap-tile strategy of the paper covers large images with such tiles).
+
+Options: ``padding="same"`` (output as large as the input when H and W are multiples of 16), ``batch_norm=True``
+(BatchNorm after every 3x3 convolution), ``bilinear=True`` (bilinear upsampling followed by a 1x1 convolution that
+halves the channels, instead of the transposed convolution), and ``encoder="<registered image model>"``: the zoo
+model's ``forward_stages`` replaces the contracting path, its ``feature_info`` sets the decoder's widths and
+upsampling factors, and the scores are resized bilinearly to the input size at the end.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from convatlas.models.registry import create_model, model_info, register_model
+from convatlas.nn.layers import ConvNormAct
+
+PAPER_WIDTHS = (64, 128, 256, 512, 1024)
+
+
+def center_crop(x: Tensor, height: int, width: int) -> Tensor:
+    """The central ``height x width`` window of ``x`` (the paper's "crop"), Tensor[N, C, H, W] -> Tensor[N, C, h, w].
+
+    Raises:
+        ValueError: when the window is larger than the map.
+    """
+    h, w = x.shape[-2:]
+    if height > h or width > w:
+        raise ValueError(f"center_crop: cannot crop a {h}x{w} map to {height}x{width}")
+    top, left = (h - height) // 2, (w - width) // 2
+    return x[..., top : top + height, left : left + width]
+
+
+def crop_and_concat(skip: Tensor, up: Tensor) -> Tensor:
+    """Crop ``skip`` and ``up`` centrally to their common size and concatenate them along channels.
+
+    Shapes:
+        skip (Tensor[N, C_s, H_s, W_s]), up (Tensor[N, C_u, H_u, W_u]) -> Tensor[N, C_s + C_u, min(H), min(W)]
+    """
+    height, width = min(skip.shape[-2], up.shape[-2]), min(skip.shape[-1], up.shape[-1])
+    return torch.cat([center_crop(skip, height, width), center_crop(up, height, width)], dim=1)
+
+
+def resize_to(x: Tensor, ref: Tensor) -> Tensor:
+    """Bilinear resize of ``x`` (Tensor[N, C, h, w]) to the spatial size of ``ref`` (Tensor[N, *, H, W])."""
+    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+
+
+# Leaves for torch.fx: their shape arithmetic runs at call time, not at trace time.
+torch.fx.wrap("crop_and_concat")
+torch.fx.wrap("resize_to")
+
+
+def _freeze_unused(encoder: nn.Module, in_channels: int) -> None:
+    """Freeze the encoder parameters that ``forward_stages`` never uses (a classifier's norm, a last 1x1 conv).
+
+    Unused trainable parameters make DistributedDataParallel fail; frozen, they still load with the encoder's
+    pretrained weights. Found by one small forward pass in eval mode, with a hook on each module that owns parameters.
+    """
+    used: set[nn.Module] = set()
+    owners = [m for m in encoder.modules() if next(m.parameters(recurse=False), None) is not None]
+    hooks = [m.register_forward_hook(lambda module, args, out: used.add(module)) for m in owners]
+    ref = next(encoder.parameters())
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        encoder.forward_stages(torch.zeros(1, in_channels, 64, 64, device=ref.device, dtype=ref.dtype))
+    encoder.train(was_training)
+    for hook in hooks:
+        hook.remove()
+    for module in owners:
+        if module not in used:
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(False)
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 convolutions, each followed by (optional BatchNorm and) ReLU.
+
+    Shapes:
+        x (Tensor[N, C_in, H, W]) -> Tensor[N, C_out, H - 4, W - 4] unpadded, Tensor[N, C_out, H, W] with "same".
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, padding: int, batch_norm: bool):
+        norm = nn.BatchNorm2d if batch_norm else None
+        super().__init__(
+            ConvNormAct(in_channels, out_channels, 3, padding=padding, norm=norm),
+            ConvNormAct(out_channels, out_channels, 3, padding=padding, norm=norm),
+        )
+
+
+def _upsample(in_channels: int, out_channels: int, factor: int, *, bilinear: bool) -> nn.Module:
+    """The expansive path's upsampling: a ``factor x factor`` stride-``factor`` transposed convolution, or bilinear
+    upsampling and a 1x1 convolution (a 1x1 convolution alone when ``factor == 1``)."""
+    if factor == 1:
+        return nn.Conv2d(in_channels, out_channels, 1)
+    if bilinear:
+        return nn.Sequential(
+            nn.Upsample(scale_factor=factor, mode="bilinear", align_corners=False),
+            nn.Conv2d(in_channels, out_channels, 1),
+        )
+    return nn.ConvTranspose2d(in_channels, out_channels, factor, stride=factor)
+
+
+class UNet(nn.Module):
+    """U-Net: the 2015 paper's network by default, or a decoder on top of a zoo encoder.
+
+    Args:
+        in_channels: input channels (1 in the paper).
+        num_classes: output channels, one score map per class (2 in the paper).
+        widths: channels of the contracting path's levels (the paper's 64 ... 1024); unused with ``encoder``.
+        padding: ``"valid"`` (the paper: unpadded convolutions, output smaller than the input) or ``"same"``;
+            defaults to ``"valid"`` without an encoder and ``"same"`` with one.
+        batch_norm: BatchNorm after every 3x3 convolution (not in the paper).
+        bilinear: bilinear upsampling + 1x1 convolution instead of the 2x2 transposed convolution.
+        encoder: name of a registered image classifier whose ``forward_stages`` becomes the contracting path.
+
+    Shapes:
+        x (Tensor[N, in_channels, H, W]) -> Tensor[N, num_classes, H', W']: H' = 388 for H = 572 with the paper's
+        settings, H' = H with ``padding="same"`` (H a multiple of 16) or with an encoder.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        widths: tuple[int, ...] = PAPER_WIDTHS,
+        padding: str | None = None,
+        batch_norm: bool = False,
+        bilinear: bool = False,
+        encoder: str | None = None,
+    ):
+        super().__init__()
+        if padding is None:
+            padding = "same" if encoder else "valid"
+        if padding not in ("valid", "same"):
+            raise ValueError(f"UNet: padding must be 'valid' or 'same', got {padding!r}")
+        if num_classes < 1:
+            raise ValueError(f"UNet: num_classes must be >= 1, got {num_classes}")
+        self.in_channels, self.num_classes, self.padding = in_channels, num_classes, padding
+        pad = 0 if padding == "valid" else 1
+
+        if encoder is not None:
+            if model_info(encoder).task != "classification":
+                raise ValueError(
+                    f"UNet: encoder must be a registered image classifier, {encoder!r} is a "
+                    f"{model_info(encoder).task} model"
+                )
+            self.encoder = create_model(encoder, in_channels=in_channels, num_classes=0)
+            _freeze_unused(self.encoder, in_channels)
+            self.down = None
+            info = self.encoder.feature_info
+            channels, reductions = [f["num_chs"] for f in info], [f["reduction"] for f in info]
+        else:
+            if len(widths) < 2:
+                raise ValueError(f"UNet: widths needs at least 2 levels, got {widths!r}")
+            self.encoder = None
+            self.down = nn.ModuleList()
+            prev = in_channels
+            for width in widths:
+                self.down.append(DoubleConv(prev, width, padding=pad, batch_norm=batch_norm))
+                prev = width
+            self.pool = nn.MaxPool2d(2)
+            channels, reductions = list(widths), [2**i for i in range(len(widths))]
+        self.feature_info = [{"num_chs": c, "reduction": r} for c, r in zip(channels, reductions, strict=True)]
+
+        self.up, self.dec = nn.ModuleList(), nn.ModuleList()
+        for i in reversed(range(len(channels) - 1)):  # from the deepest skip to the shallowest
+            factor = reductions[i + 1] // reductions[i]
+            self.up.append(_upsample(channels[i + 1], channels[i], factor, bilinear=bilinear))
+            self.dec.append(DoubleConv(2 * channels[i], channels[i], padding=pad, batch_norm=batch_norm))
+        self.head = nn.Conv2d(channels[0], num_classes, 1)
+        self.resize_output = reductions[0] > 1
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # The paper: Gaussian with standard deviation sqrt(2 / N), N = k * k * C_in (He et al.), encoder excluded.
+        decoder = [self.up, self.dec, self.head] + ([self.down] if self.down is not None else [])
+        for part in decoder:
+            for m in part.modules():
+                if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """The contracting path: one map per ``feature_info`` entry, shallowest first."""
+        if self.encoder is not None:
+            return self.encoder.forward_stages(x)
+        outs = []
+        for i, level in enumerate(self.down):
+            x = level(x if i == 0 else self.pool(x))
+            outs.append(x)
+        return outs
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = self.forward_stages(x)
+        y = feats[-1]
+        for up, dec, skip in zip(self.up, self.dec, reversed(feats[:-1]), strict=True):
+            y = dec(crop_and_concat(skip, up(y)))
+        y = self.head(y)
+        if self.resize_output:
+            y = resize_to(y, x)
+        return y
+
+
+@register_model(task="segmentation", input_size=(1, 572, 572))
+def unet(**kwargs) -> UNet:
+    return UNet(**kwargs)
+
+
+__all__ = ["DoubleConv", "UNet", "center_crop", "crop_and_concat", "resize_to", "unet"]
