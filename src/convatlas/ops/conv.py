@@ -527,6 +527,12 @@ def depthwise_conv(
             f"got {tuple(input.shape)}"
         )
     where = "depthwise_conv"
+    channels = input.shape[1]
+    if weight.shape[0] % channels:
+        raise ValueError(
+            f"{where}: input has {channels} channels but weight has {weight.shape[0]} filters; it needs C*m filters "
+            f"(a multiple of {channels})"
+        )
     return _conv_nd(input, weight, bias, stride, padding, dilation, input.shape[1], nd, where)
 
 
