@@ -31,6 +31,9 @@ from convatlas.nn.layers import ClassifierHead, ConvNormAct
 class SeparableConv2d(nn.Module):
     """Depthwise kxk convolution followed by a pointwise 1x1 convolution, both without bias.
 
+    Built on ``nn.Conv2d`` rather than :class:`convatlas.nn.conv.SeparableConv2d`, whose reference operators check
+    shapes in Python (so ``torch.fx`` cannot trace them) and compute the 1x1 step as a matmul (no cuDNN).
+
     Shapes:
         x (Tensor[N, C_in, H, W]) -> Tensor[N, C_out, H, W] (stride 1, "same" padding).
     """
