@@ -55,22 +55,24 @@ def is_text_spec(spec: str) -> bool:
 
 
 class Subset(Dataset):
-    """The first ``n`` items of a dataset, keeping its metadata (``task``, ``num_classes``, ...) and batch fast path."""
+    """``n`` items spread evenly over a dataset (items ``floor(i * len / n)``), so that a set stored class by class
+    still gives every class; keeps the metadata (``task``, ``num_classes``, ...) and the whole-batch fast path."""
 
     def __init__(self, dataset: Dataset, n: int) -> None:
-        self.dataset, self.n = dataset, min(int(n), len(dataset))
+        self.dataset = dataset
+        total = len(dataset)
+        n = min(int(n), total)
+        self.indices = torch.arange(n, dtype=torch.int64) * total // n
         for name in ("task", "num_classes", "in_channels", "classes", "mean", "std"):
             setattr(self, name, getattr(dataset, name))
         if hasattr(dataset, "get_batch"):
-            self.get_batch = dataset.get_batch
+            self.get_batch = lambda indices: dataset.get_batch(self.indices[indices])
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.indices)
 
     def __getitem__(self, index: int):
-        if not 0 <= index < self.n:
-            raise IndexError(f"index {index} out of range for a subset of {self.n}")
-        return self.dataset[index]
+        return self.dataset[int(self.indices[index])]
 
 
 def _scenes_options(text: str) -> dict:
@@ -109,7 +111,7 @@ def build_dataset(
             packages).
         image_size: the side images of folders are resized to (default 224 for ``imagefolder``; ``segfolder`` keeps
             sizes).
-        limit: keep only the first ``limit`` items (quick runs and tests).
+        limit: keep only ``limit`` items, spread evenly over the split (quick runs and tests).
         channels: 1 or 3 for folders and scenes (default 3 for folders, 1 for scenes).
 
     Raises:
