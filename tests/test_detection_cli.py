@@ -54,7 +54,7 @@ def test_coco_dataset_maps_categories_and_converts_boxes(coco_dir):
     assert ds.classes == ("background", "blue", "red") and ds.num_classes == 2
     image, target = ds[1]
     _, anns = _blocks_image(1)
-    assert image.shape == (3, 64, 80) and 0 <= image.min() and image.max() <= 1
+    assert image.shape == (3, 64, 80) and image.min() >= 0 and image.max() <= 1
     x, y, w, h = anns[0]["bbox"]
     assert target["boxes"][0].tolist() == [x, y, x + w, y + h] and target["labels"][0] == 2  # id 7 -> label 2
     assert len(ds[0][1]["boxes"]) == 1  # the zero-width annotation was left out
@@ -97,8 +97,9 @@ def test_train_evaluate_and_detect_end_to_end(coco_dir, tmp_path, capsys):
     from convatlas.train.detection import evaluate, run
 
     out = tmp_path / "run"
+    model_args = {"anchor_sizes": (16.0, 32.0, 64.0, 128.0), "representation_size": 64}
     args = argparse.Namespace(model="faster_rcnn", data=f"coco:{coco_dir}", epochs=2, batch_size=4, out=str(out),
-                              model_args={"anchor_sizes": (16.0, 32.0, 64.0, 128.0), "representation_size": 64})  # fmt: skip
+                              model_args=model_args)  # fmt: skip
     assert run(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_images"] == 4 and 0 <= metrics["voc_map50"] <= 1 and metrics["train_steps"] == 4
