@@ -89,11 +89,31 @@ def test_forward_backward_small_input_and_feature_info():
     assert model(x).shape == (2, 768)
 
 
+def test_odd_sizes_are_padded_before_downsampling():
+    # 28x28 (Fashion-MNIST): 7 -> 4 -> 2 -> 1 with bottom/right padding; flooring would give 7 -> 3 -> 1 -> error.
+    model = create_model("convnext_tiny", num_classes=10, in_channels=1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert [f.shape[-1] for f in model.forward_stages(x)] == [7, 4, 2, 1]
+    # Reference for one odd map: zero padding then the 2x2 stride-2 convolution equals conv2d with that padding.
+    down = model.stages[1].downsample
+    y = torch.randn(1, 96, 7, 5, dtype=torch.float64, requires_grad=True)
+    down = down.double()
+
+    def reference(t):
+        t = torch.nn.functional.layer_norm(t.permute(0, 2, 3, 1), (96,), down.norm.weight, down.norm.bias, 1e-6)
+        t = torch.nn.functional.pad(t.permute(0, 3, 1, 2), (0, 1, 0, 1))
+        return torch.nn.functional.conv2d(t, down.conv.weight, down.conv.bias, stride=2)
+
+    check_against(down, reference, [y])
+    assert down(y).shape == (1, 192, 4, 3)
+
+
 def test_fx_trace_matches_eager():
     model = create_model("convnext_tiny", num_classes=3).eval()
     traced = torch.fx.symbolic_trace(model)
-    x = torch.randn(1, 3, 32, 32)
-    torch.testing.assert_close(traced(x), model(x))
+    for side in (32, 28):  # the odd-size padding is computed at call time
+        x = torch.randn(1, 3, side, side)
+        torch.testing.assert_close(traced(x), model(x))
 
 
 def test_bad_arguments_raise():

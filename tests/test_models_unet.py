@@ -50,6 +50,7 @@ def test_paper_shapes_572_to_388():
         x = torch.empty(1, 1, 572, 572)
         assert [f.shape[-1] for f in model.forward_stages(x)] == [568, 280, 136, 64, 28]
         assert [f.shape[1] for f in model.forward_stages(x)] == [64, 128, 256, 512, 1024]
+        assert [f["module"] for f in model.feature_info] == [f"down.{i}" for i in range(5)]
         assert model(x).shape == (1, 2, 388, 388)
 
 
@@ -105,7 +106,7 @@ def test_zoo_encoder_is_the_contracting_path(encoder):
     x = torch.randn(2, 3, 64, 64)
     out = model(x)
     assert out.shape == (2, 3, 64, 64)
-    declared = [{"num_chs": f["num_chs"], "reduction": f["reduction"]} for f in model.encoder.feature_info]
+    declared = [{**f, "module": f"encoder.{f['module']}"} for f in model.encoder.feature_info]
     assert model.feature_info == declared
     assert [f.shape[1] for f in model.forward_stages(x)] == [f["num_chs"] for f in declared]
     # The decoder's upsampling factors follow the declared reductions: 2 between consecutive stages here.

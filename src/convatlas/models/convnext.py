@@ -1,10 +1,11 @@
 """ConvNeXt (Liu et al., "A ConvNet for the 2020s", CVPR 2022): a ResNet modernised step by step towards a Swin.
 
 A 4x4 stride-4 "patchify" stem; four stages of blocks at reductions 4, 8, 16, 32 with LayerNorm + 2x2 stride-2
-convolutions between them; each block is ``7x7 depthwise conv -> LayerNorm -> Linear(C, 4C) -> GELU -> Linear(4C, C)``
-(an inverted bottleneck), scaled per channel by a learned layer scale ``gamma`` initialised to 1e-6, and added to the
-input through stochastic depth. The head pools globally, normalises and classifies. Parameter counts equal torchvision's
-and timm's ``convnext_*`` and their weights load with :func:`convatlas.models.load_weights`.
+convolutions between them (odd sizes padded to even first, see :class:`Downsample`); each block is
+``7x7 depthwise conv -> LayerNorm -> Linear(C, 4C) -> GELU -> Linear(4C, C)`` (an inverted bottleneck), scaled per
+channel by a learned layer scale ``gamma`` initialised to 1e-6, and added to the input through stochastic depth.
+The head pools globally, normalises and classifies. Parameter counts equal torchvision's and timm's ``convnext_*``
+and their weights load with :func:`convatlas.models.load_weights`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -48,6 +50,37 @@ class ConvNeXtBlock(nn.Module):
         return x + self.drop_path(y.permute(0, 3, 1, 2))  # back to (N, C, H, W)
 
 
+def pad_to_even(x: Tensor) -> Tensor:
+    """Zero-pad one row / column at the bottom / right of a map whose height / width is odd.
+
+    Shapes:
+        x (Tensor[N, C, H, W]) -> Tensor[N, C, H + H % 2, W + W % 2]
+    """
+    return F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
+
+
+torch.fx.wrap("pad_to_even")  # a leaf for torch.fx: the padding depends on the size at call time
+
+
+class Downsample(nn.Module):
+    """LayerNorm then a 2x2 stride-2 convolution, between stages.
+
+    An odd size is first padded at the bottom / right (``ceil(H / 2)`` out), so that small inputs such as 28x28 get
+    through all four stages; torchvision and timm drop the last row instead. Even sizes are unaffected.
+
+    Shapes:
+        x (Tensor[N, C_in, H, W]) -> Tensor[N, C_out, ceil(H / 2), ceil(W / 2)]
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.norm = LayerNorm2d(in_dim, eps=LN_EPS)
+        self.conv = nn.Conv2d(in_dim, out_dim, 2, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(pad_to_even(self.norm(x)))
+
+
 class ConvNeXtStage(nn.Module):
     """Optional downsampling (LayerNorm, 2x2 stride-2 conv) followed by ``depth`` blocks.
 
@@ -60,7 +93,7 @@ class ConvNeXtStage(nn.Module):
     ):
         super().__init__()
         if downsample:
-            self.downsample = nn.Sequential(LayerNorm2d(in_dim, eps=LN_EPS), nn.Conv2d(in_dim, out_dim, 2, stride=2))
+            self.downsample = Downsample(in_dim, out_dim)
         else:
             self.downsample = nn.Identity()
         blocks = [ConvNeXtBlock(out_dim, drop_path=drop_paths[i], layer_scale=layer_scale) for i in range(depth)]
@@ -170,10 +203,13 @@ class ConvNeXt(ImageModel):
                     value = value.reshape(-1)  # torchvision keeps the layer scale as (C, 1, 1)
             else:
                 key = key.replace(".conv_dw.", ".dwconv.").replace(".mlp.fc", ".fc")
+                if m := re.fullmatch(r"(stages\.\d+\.downsample)\.([01])\.(\w+)", key):
+                    key = f"{m[1]}.{_DOWNSAMPLE[m[2]]}.{m[3]}"
             out[key] = value
         return out
 
 
+_DOWNSAMPLE = {"0": "norm", "1": "conv"}  # indices in torchvision's and timm's downsampling Sequential
 _TV_BLOCK = {"0": "dwconv", "2": "norm", "3": "fc1", "5": "fc2"}  # indices in torchvision's CNBlock.block
 
 
@@ -185,7 +221,7 @@ def _rename_torchvision(key: str) -> str:
     if m := re.fullmatch(r"features\.(\d+)\.(\d+)\.layer_scale", key):
         return f"stages.{(int(m[1]) - 1) // 2}.blocks.{m[2]}.gamma"
     if m := re.fullmatch(r"features\.(\d+)\.(\d)\.(\w+)", key):  # even indices: downsampling layers
-        return f"stages.{int(m[1]) // 2}.downsample.{m[2]}.{m[3]}"
+        return f"stages.{int(m[1]) // 2}.downsample.{_DOWNSAMPLE[m[2]]}.{m[3]}"
     if m := re.fullmatch(r"classifier\.([02])\.(\w+)", key):
         return f"head.{'norm' if m[1] == '0' else 'fc'}.{m[2]}"
     return key  # left as is: load_weights reports it as unexpected

@@ -161,6 +161,7 @@ class UNet(nn.Module):
             self.down = None
             info = self.encoder.feature_info
             channels, reductions = [f["num_chs"] for f in info], [f["reduction"] for f in info]
+            modules = [f"encoder.{f['module']}" for f in info]
         else:
             if len(widths) < 2:
                 raise ValueError(f"UNet: widths needs at least 2 levels, got {widths!r}")
@@ -172,7 +173,10 @@ class UNet(nn.Module):
                 prev = width
             self.pool = nn.MaxPool2d(2)
             channels, reductions = list(widths), [2**i for i in range(len(widths))]
-        self.feature_info = [{"num_chs": c, "reduction": r} for c, r in zip(channels, reductions, strict=True)]
+            modules = [f"down.{i}" for i in range(len(widths))]
+        self.feature_info = [
+            {"num_chs": c, "reduction": r, "module": m} for c, r, m in zip(channels, reductions, modules, strict=True)
+        ]
 
         self.up, self.dec = nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(len(channels) - 1)):  # from the deepest skip to the shallowest
