@@ -259,3 +259,24 @@ def test_errors(call, error, words):
         call()
     for word in words:
         assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize(
+    "shape, kernel, multiplier, stride, padding, dilation",
+    [
+        ((2, 3, 9, 8), (4, 2), 1, 1, "same", 1),  # asymmetric 'same'
+        ((1, 4, 11, 10), (3, 3), 3, (2, 3), (1, 2), (2, 1)),
+        ((2, 2, 13), (5,), 2, 3, 2, 2),  # 1-D
+        ((1, 5, 6, 7), (1, 1), 1, 2, 0, 1),
+    ],
+)
+def test_depthwise_shift_add_matches_grouped_conv(shape, kernel, multiplier, stride, padding, dilation):
+    channels, nd = shape[1], len(shape) - 2
+    x, w, b = _leaf(*shape), _leaf(channels * multiplier, 1, *kernel), _leaf(channels * multiplier)
+    reference = F.conv1d if nd == 1 else F.conv2d
+    check_against(
+        lambda x, w, b: depthwise_conv(x, w, b, stride=stride, padding=padding, dilation=dilation),
+        lambda x, w, b: reference(x, w, b, stride, padding, dilation, channels),
+        [x, w, b],
+    )

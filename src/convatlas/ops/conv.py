@@ -14,6 +14,7 @@ Its matrix ``C`` (``vec(y) = C vec(x) + b``) is sparse and banded; the transpose
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -507,6 +508,9 @@ def depthwise_conv(
 ) -> Tensor:
     """Depthwise convolution: each input channel filtered on its own (``groups = C``), 1-D or 2-D.
 
+    Computed by shift and add rather than im2col: for each kernel tap, a strided view of the padded input times that
+    tap's weight per channel, summed over the taps, ``y[c, i] = b[c] + sum_a w[c, a] x_pad[c, i s + a d]``.
+
     Args:
         input (Tensor[N, C, L] or Tensor[N, C, H, W]): the input.
         weight (Tensor[C * m, 1, *kernel]): ``m`` filters per channel (the channel multiplier).
@@ -533,7 +537,32 @@ def depthwise_conv(
             f"{where}: input has {channels} channels but weight has {weight.shape[0]} filters; it needs C*m filters "
             f"(a multiple of {channels})"
         )
-    return _conv_nd(input, weight, bias, stride, padding, dilation, input.shape[1], nd, where)
+    x = _check_tensors(input, weight, bias, nd, where)
+    stride = _per_dim(stride, nd, "stride", 1, where)
+    dilation = _per_dim(dilation, nd, "dilation", 1, where)
+    kernel = tuple(weight.shape[2:])
+    pads = _padding_pairs(padding, kernel, stride, dilation, where)
+    out_size = _out_size(x.shape[2:], kernel, stride, pads, dilation, where)
+    if bias is not None and bias.shape[0] != weight.shape[0]:
+        raise ValueError(
+            f"{where}: bias has {bias.shape[0]} entries, expected one per output channel ({weight.shape[0]})"
+        )
+    multiplier = weight.shape[0] // channels
+    if multiplier > 1:  # output channel c*m + j reads input channel c
+        x = x.repeat_interleave(multiplier, dim=1)
+    x = F.pad(x, [p for pair in reversed(pads) for p in pair])
+    # Shift and add: one strided view of the padded input per kernel tap, scaled by that tap's per-channel weight.
+    # For one filter per channel this is much lighter than im2col, which would copy every patch.
+    out = None
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        window = tuple(
+            slice(a * d, a * d + s * (n - 1) + 1, s) for a, d, s, n in zip(tap, dilation, stride, out_size, strict=True)
+        )
+        term = x[(slice(None), slice(None), *window)] * weight[(slice(None), 0, *tap)].view(1, -1, *([1] * nd))
+        out = term if out is None else out + term
+    if bias is not None:
+        out = out + bias.view(1, -1, *([1] * nd))
+    return out if input.dim() == nd + 2 else out.squeeze(0)
 
 
 def separable_conv(

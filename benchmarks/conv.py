@@ -1,0 +1,115 @@
+"""convatlas.ops.conv against torch.nn.functional, side by side in one run.
+
+Prints, per case, the median time of ours and of PyTorch (forward, and forward + backward) and the ratio
+``PyTorch time / our time`` (above 1.0 means ours is faster). Runs on CPU always and on CUDA when it is present.
+
+    .venv/bin/python benchmarks/conv.py [--threads 2] [--repeat 20] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from convatlas.ops import conv2d, conv_transpose2d, depthwise_conv, pointwise_conv, separable_conv
+
+
+def _time(fn: Callable[[], torch.Tensor], repeat: int, backward: bool, device: str) -> float:
+    """Median seconds of ``fn`` (plus a backward pass when asked), after two warm-up calls."""
+
+    def once() -> None:
+        out = fn()
+        if backward:
+            out.sum().backward()
+
+    for _ in range(2):
+        once()
+    times = []
+    for _ in range(repeat):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        once()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cases(device: str, quick: bool) -> list[tuple[str, Callable, Callable, list[torch.Tensor]]]:
+    """(name, ours, PyTorch, leaf tensors) for each benchmark case."""
+    n = 2 if quick else 8
+
+    def leaf(*shape):
+        return torch.randn(*shape, device=device).requires_grad_()
+
+    x64, w64 = leaf(n, 64, 56, 56), leaf(64, 64, 3, 3)
+    xg, wg = leaf(n, 64, 56, 56), leaf(64, 2, 3, 3)  # ResNeXt-style groups = 32
+    xd, wd = leaf(n, 128, 56, 56), leaf(128, 1, 3, 3)
+    xp, wp = leaf(n, 128, 28, 28), leaf(256, 128, 1, 1)
+    xt, wt = leaf(n, 64, 28, 28), leaf(64, 32, 4, 4)
+    xs, ds, ps = leaf(n, 128, 28, 28), leaf(128, 1, 3, 3), leaf(128, 128, 1, 1)
+    return [
+        (
+            "conv2d 3x3 64->64 @56",
+            lambda: conv2d(x64, w64, None, 1, 1),
+            lambda: F.conv2d(x64, w64, None, 1, 1),
+            [x64, w64],
+        ),
+        (
+            "conv2d 3x3 groups=32 @56",
+            lambda: conv2d(xg, wg, None, 1, 1, 1, 32),
+            lambda: F.conv2d(xg, wg, None, 1, 1, 1, 32),
+            [xg, wg],
+        ),
+        (
+            "depthwise 3x3 128 @56",
+            lambda: depthwise_conv(xd, wd, padding=1),
+            lambda: F.conv2d(xd, wd, None, 1, 1, 1, 128),
+            [xd, wd],
+        ),
+        ("pointwise 128->256 @28", lambda: pointwise_conv(xp, wp), lambda: F.conv2d(xp, wp), [xp, wp]),
+        (
+            "conv_transpose2d 4x4/2 64->32 @28",
+            lambda: conv_transpose2d(xt, wt, None, 2, 1),
+            lambda: F.conv_transpose2d(xt, wt, None, 2, 1),
+            [xt, wt],
+        ),
+        (
+            "separable 3x3 128->128 @28",
+            lambda: separable_conv(xs, ds, ps, padding=1),
+            lambda: F.conv2d(F.conv2d(xs, ds, None, 1, 1, 1, 128), ps),
+            [xs, ds, ps],
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--repeat", type=int, default=20, help="timed calls per case (default 20)")
+    parser.add_argument("--quick", action="store_true", help="batch 2 instead of 8")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"torch {torch.__version__}, {args.threads} CPU threads, float32, median of {args.repeat}")
+    header = f"{'device':6} {'case':36} {'pass':9} {'ours ms':>9} {'torch ms':>9} {'ratio':>6}"
+    print(header)
+    for device in devices:
+        for name, ours, reference, leaves in cases(device, args.quick):
+            for backward in (False, True):
+                t_ours = _time(ours, args.repeat, backward, device)
+                t_ref = _time(reference, args.repeat, backward, device)
+                for t in leaves:
+                    t.grad = None
+                label = "fwd+bwd" if backward else "fwd"
+                print(f"{device:6} {name:36} {label:9} {t_ours * 1e3:9.2f} {t_ref * 1e3:9.2f} {t_ref / t_ours:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
