@@ -68,3 +68,19 @@ def test_kim_cnn_protocol_runs(tmp_path, mode):
                         batch_size=10, device="cpu")  # fmt: skip
     result = cross_validate(cfg, log=lambda *_: None)
     assert result.folds[0].test_accuracy > 0.8
+
+
+def test_convatlas_train_cli_reaches_the_text_engine(tmp_path, capsys):
+    from convatlas.cli import COMMAND_MODULES
+    from convatlas.cli import main as cli_main
+
+    if "train" not in COMMAND_MODULES:
+        pytest.skip("convatlas train (cli/train.py) is not registered")
+    path = _separable_tsv(tmp_path / "sep.tsv", n=60)
+    out = tmp_path / "cli"
+    argv = ["train", "--model", "lightconv_classifier", "--data", f"tsv:{path}", "--folds", "3", "--max-folds", "1",
+            "--epochs", "1", "--out", str(out), "--model-arg", "dim=16", "--model-arg", "heads=2"]  # fmt: skip
+    assert cli_main(argv) == 0
+    assert json.loads((out / "cv_results.json").read_text())["config"]["model_args"] == {"dim": 16, "heads": 2}
+    assert cli_main([*argv[:-4], "--mode", "multichannel"]) == 2
+    assert "multichannel exists only for kim_cnn" in capsys.readouterr().err

@@ -17,6 +17,7 @@ clitics split off (``don't -> do n't``), punctuation as tokens.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -237,6 +238,16 @@ def _glove_files() -> tuple[Path, Path]:
     return root / "glove_6B_50d_emb.npy", root / "glove_6B_index.parquet"
 
 
+@functools.lru_cache(maxsize=1)
+def _glove_index() -> tuple[dict[str, int], np.ndarray]:
+    """GloVe's word -> row map and its memory-mapped ``[400000, 50]`` matrix, read once per process."""
+    import pandas as pd
+
+    emb_path, index_path = _glove_files()
+    words = pd.read_parquet(index_path).iloc[:, 0].tolist()
+    return {w: i for i, w in enumerate(words)}, np.load(emb_path, mmap_mode="r")
+
+
 def load_glove(vocab: Vocabulary, *, scale: float = 0.25, seed: int = 0) -> tuple[Tensor, int]:
     """An embedding matrix for ``vocab`` from GloVe 6B 50-d.
 
@@ -250,12 +261,7 @@ def load_glove(vocab: Vocabulary, *, scale: float = 0.25, seed: int = 0) -> tupl
     Returns:
         (Tensor[V, 50] float32, int): the matrix and how many vocabulary words GloVe has.
     """
-    import pandas as pd
-
-    emb_path, index_path = _glove_files()
-    words = pd.read_parquet(index_path).iloc[:, 0].tolist()
-    row_of = {w: i for i, w in enumerate(words)}
-    vectors = np.load(emb_path, mmap_mode="r")
+    row_of, vectors = _glove_index()
     gen = torch.Generator().manual_seed(seed)
     out = (torch.rand(len(vocab), GLOVE_DIM, generator=gen) * 2 - 1) * scale
     out[vocab.pad_index] = 0.0

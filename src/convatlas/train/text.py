@@ -53,7 +53,7 @@ class TextRunConfig:
         opt: ``"adadelta"``, ``"adamw"`` or ``None`` (Adadelta for ``kim_cnn``, AdamW for the encoders).
         dev_fraction: share of each training fold held out for early stopping.
         seed: seeds the fold split, the initialisation and the batch order.
-        out: folder for ``cv_results.json`` (``None``: write nothing).
+        out: folder for ``cv_results.json`` (used by :func:`run`; ``None`` there means ``runs/MODEL-DATA-MODE``).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         model_args: extra keywords for ``create_model``.
     """
@@ -280,9 +280,15 @@ def run(args: argparse.Namespace) -> int:
     """Cross-validate a text model as the namespace describes; print each fold and the mean; write the JSON.
 
     Reads (with ``getattr``, ``None`` meaning Kim's default): model, data, mode, folds, max_folds, epochs,
-    batch_size, lr, opt, seed, out, device, model_args. Returns the exit status (0).
+    batch_size, lr, opt, seed, out (default ``runs/MODEL-DATA-MODE``), device, threads, model_args.
+    Returns the exit status (0).
     """
     cfg = _config_from_args(args)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    if cfg.out is None:
+        data = cfg.data.replace(":", "-").replace("/", "_")
+        cfg.out = f"runs/{cfg.model}-{data}-{cfg.mode}"
     result = cross_validate(cfg)
     print(
         f"{cfg.model} {cfg.mode} on {cfg.data}: {len(result.folds)} of {cfg.folds} folds, "
@@ -290,13 +296,12 @@ def run(args: argparse.Namespace) -> int:
         f"({result.train_size} sentences, vocabulary {result.vocab_size}, "
         f"GloVe covers {100 * result.glove_coverage:.1f}%)"
     )
-    if cfg.out:
-        out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "cv_results.json.tmp"
-        tmp.write_text(json.dumps(result.to_dict(), indent=2))
-        os.replace(tmp, out / "cv_results.json")
-        print(f"wrote {out / 'cv_results.json'}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "cv_results.json.tmp"
+    tmp.write_text(json.dumps(result.to_dict(), indent=2))
+    os.replace(tmp, out / "cv_results.json")
+    print(f"wrote {out / 'cv_results.json'}")
     return 0
 
 
@@ -320,8 +325,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
         return run(args)
     except (ValueError, TypeError, FileNotFoundError) as err:

@@ -1,0 +1,238 @@
+"""Lightweight and dynamic convolution against their alternatives, and sentence models against sequence length.
+
+Run: ``python benchmarks/seqconv.py`` (CUDA when present, else CPU; ``--device cpu`` forces CPU).
+
+1. Operators, same run, same inputs (the issue's GPU setting: B=32, C=1024, T=512, H=16, K=31, bf16; on CPU a
+   smaller float32 setting):
+   - ``lightweight_conv`` (Triton on CUDA, the PyTorch path on CPU) against a grouped ``F.conv1d`` (cuDNN on CUDA)
+     with the per-head kernel repeated over its channels, and against the memory floor: a copy of x (it reads and
+     writes the bytes any lightweight conv must);
+   - ``dynamic_conv`` against the unfold implementation (fairseq's ``unfold1d``: pad, unfold to ``[B, C, T, K]``,
+     weighted sum over K);
+   - forward alone and forward + backward.
+2. Throughput (sentences/s and tokens/s, inference) of ``kim_cnn``, ``lightconv_classifier`` and
+   ``attention_classifier`` for sequence lengths 128 ... 8,192 at a fixed token budget per batch; a PNG plot with
+   ``--plot PATH``.
+
+Each ratio is ours / theirs in time, computed in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from convatlas.models import create_model  # noqa: E402
+from convatlas.ops import dynamic_conv, lightweight_conv  # noqa: E402
+from convatlas.ops.kernels import seqconv as kernels  # noqa: E402
+
+
+def timeit(fn, device: torch.device, *, min_time: float = 0.5, warmup: int = 3) -> float:
+    """Median seconds per call over repeated calls lasting about ``min_time`` in total."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < min_time or len(times) < 5:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def grouped_conv1d(x, weight, padding_l):
+    """The stock alternative: the softmaxed per-head kernel repeated to ``[C, 1, K]``, one grouped conv1d."""
+    channels = x.shape[1]
+    heads, taps = weight.shape
+    w = torch.softmax(weight.float(), dim=-1).to(x.dtype).repeat_interleave(channels // heads, dim=0).unsqueeze(1)
+    return F.conv1d(F.pad(x, (padding_l, taps - 1 - padding_l)), w, groups=channels)
+
+
+def unfold_dynamic(x, weight, padding_l):
+    """fairseq-style dynamic conv: unfold x to ``[B, C, T, K]`` and sum it against the per-step kernels."""
+    batch, channels, steps = x.shape
+    heads, taps = weight.shape[1], weight.shape[2]
+    w = torch.softmax(weight.float(), dim=2).to(x.dtype)  # (B, H, K, T)
+    cols = F.pad(x, (padding_l, taps - 1 - padding_l)).unfold(2, taps, 1)  # (B, C, T, K)
+    cols = cols.view(batch, heads, channels // heads, steps, taps)
+    return torch.einsum("bhctk,bhkt->bhct", cols, w).reshape(batch, channels, steps)
+
+
+def bench_ops(device: torch.device, dtype: torch.dtype, b: int, c: int, t: int, h: int, k: int) -> list[dict]:
+    pad = k // 2
+    x = torch.randn(b, c, t, device=device, dtype=dtype, requires_grad=True)
+    w_lw = torch.randn(h, k, device=device, requires_grad=True)
+    w_dyn = torch.randn(b, h, k, t, device=device, dtype=dtype, requires_grad=True)
+    rows = []
+
+    def fwd_bwd(fn, *args):
+        def run():
+            out = fn(*args)
+            out.backward(torch.ones_like(out))
+
+        return run
+
+    def add(op, alt, ours_fn, theirs_fn, pass_name):
+        ours, theirs = timeit(ours_fn, device), timeit(theirs_fn, device)
+        rows.append(
+            {
+                "op": op,
+                "vs": alt,
+                "pass": pass_name,
+                "ours_ms": 1e3 * ours,
+                "theirs_ms": 1e3 * theirs,
+                "speedup": theirs / ours,
+            }
+        )
+
+    # correctness in this run before timing
+    torch.testing.assert_close(lightweight_conv(x, w_lw, pad), grouped_conv1d(x, w_lw, pad), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(dynamic_conv(x, w_dyn, pad), unfold_dynamic(x, w_dyn, pad), atol=2e-2, rtol=2e-2)
+    with torch.no_grad():
+        add(
+            "lightweight",
+            "grouped conv1d",
+            lambda: lightweight_conv(x, w_lw, pad),
+            lambda: grouped_conv1d(x, w_lw, pad),
+            "forward",
+        )
+        add(
+            "lightweight",
+            "copy of x (memory floor)",
+            lambda: lightweight_conv(x, w_lw, pad),
+            lambda: x.clone(),
+            "forward",
+        )
+        add("dynamic", "unfold", lambda: dynamic_conv(x, w_dyn, pad), lambda: unfold_dynamic(x, w_dyn, pad), "forward")
+    add(
+        "lightweight",
+        "grouped conv1d",
+        fwd_bwd(lightweight_conv, x, w_lw, pad),
+        fwd_bwd(grouped_conv1d, x, w_lw, pad),
+        "forward+backward",
+    )
+    add(
+        "dynamic",
+        "unfold",
+        fwd_bwd(dynamic_conv, x, w_dyn, pad),
+        fwd_bwd(unfold_dynamic, x, w_dyn, pad),
+        "forward+backward",
+    )
+    return rows
+
+
+def bench_models(device: torch.device, lengths: list[int], tokens_per_batch: int, dtype: torch.dtype) -> list[dict]:
+    vocab = 20000
+    models = {
+        "kim_cnn": create_model("kim_cnn", vocab_size=vocab, embed_dim=50, mode="non-static"),
+        "lightconv_classifier": create_model("lightconv_classifier", vocab_size=vocab),
+        "attention_classifier": create_model("attention_classifier", vocab_size=vocab),
+    }
+    rows = []
+    for name, model in models.items():
+        model = model.to(device).eval()
+        for steps in lengths:
+            batch = max(1, tokens_per_batch // steps)
+            tokens = torch.randint(1, vocab, (batch, steps), device=device)
+            autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+            def run(model=model, tokens=tokens, autocast=autocast):
+                with torch.no_grad(), autocast:
+                    model(tokens)
+
+            sec = timeit(run, device, min_time=0.3, warmup=2)
+            rows.append(
+                {
+                    "model": name,
+                    "T": steps,
+                    "batch": batch,
+                    "sentences_per_s": batch / sec,
+                    "tokens_per_s": batch * steps / sec,
+                }
+            )
+    return rows
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r["model"] for r in rows):
+        pts = [(r["T"], r["tokens_per_s"]) for r in rows if r["model"] == name]
+        ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+    ax.set(
+        xscale="log", yscale="log", xlabel="sequence length T (tokens)", ylabel="tokens / s (inference)", title=title
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--skip-models", action="store_true")
+    p.add_argument("--plot", default=None, help="write the throughput plot here (PNG)")
+    p.add_argument("--json", default=None, help="write all rows here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
+    if device.type == "cuda":
+        dtype, shape = torch.bfloat16, dict(b=32, c=1024, t=512, h=16, k=31)
+        lengths, budget = [128, 256, 512, 1024, 2048, 4096, 8192], 65536
+        name = torch.cuda.get_device_name()
+    else:
+        dtype, shape = torch.float32, dict(b=4, c=256, t=256, h=8, k=31)
+        lengths, budget = [128, 256, 512, 1024, 2048], 8192
+        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    kernel = "Triton" if device.type == "cuda" and kernels.available() else "PyTorch path"
+    print(f"device: {name}; torch {torch.__version__}; ops via the {kernel}; dtype {dtype}; shape {shape}")
+    op_rows = bench_ops(device, dtype, **shape)
+    print(f"{'op':12} {'pass':17} {'vs':26} {'ours ms':>9} {'theirs ms':>10} {'theirs/ours':>12}")
+    for r in op_rows:
+        print(
+            f"{r['op']:12} {r['pass']:17} {r['vs']:26} {r['ours_ms']:9.3f} {r['theirs_ms']:10.3f} {r['speedup']:12.2f}"
+        )
+    model_rows = []
+    if not args.skip_models:
+        model_rows = bench_models(device, lengths, budget, dtype)
+        print(f"\n{'model':22} {'T':>6} {'batch':>6} {'sentences/s':>12} {'tokens/s':>12}")
+        for r in model_rows:
+            print(f"{r['model']:22} {r['T']:6d} {r['batch']:6d} {r['sentences_per_s']:12.1f} {r['tokens_per_s']:12.0f}")
+        if args.plot:
+            plot(model_rows, args.plot, f"Inference throughput, {name}, {dtype}".replace("torch.", ""))
+            print(f"wrote {args.plot}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"device": name, "torch": torch.__version__, "ops": op_rows, "models": model_rows}, indent=2)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
