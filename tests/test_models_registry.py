@@ -193,3 +193,27 @@ def test_torch_compile_matches_eager():
     model(x).square().sum().backward()
     for g, p in zip(grads, model.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_cli_models_lists_names_tasks_and_counts(capsys):
+    # Reference: the parameter counts of the real models (built on the meta device here too).
+    from convatlas.cli import main
+
+    assert main(["models", "densenet*"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "task", "input", "parameters"] and lines[-1] == "3 models"
+    for line, name in zip(lines[1:-1], ["densenet121", "densenet169", "densenet201"], strict=True):
+        with torch.device("meta"):
+            expected = sum(p.numel() for p in create_model(name).parameters())
+        assert line.split() == [name, "classification", "3x224x224", f"{expected:,}"]
+    assert main(["models", "v3_sm"]) == 0  # a plain word matches anywhere in the name
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["mobilenet_v3_small", "classification"]
+
+
+def test_cli_models_no_match_is_one_line_exit_2(capsys):
+    from convatlas.cli import main
+
+    assert main(["models", "resnxt"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert "no model matches 'resnxt'; did you mean: resnext50_32x4d" in err
