@@ -56,7 +56,10 @@ def pad_to_even(x: Tensor) -> Tensor:
     Shapes:
         x (Tensor[N, C, H, W]) -> Tensor[N, C, H + H % 2, W + W % 2]
     """
-    return F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
+    pad_h, pad_w = x.shape[-2] % 2, x.shape[-1] % 2
+    if pad_h == 0 and pad_w == 0:
+        return x  # the usual case: no copy
+    return F.pad(x, (0, pad_w, 0, pad_h))
 
 
 torch.fx.wrap("pad_to_even")  # a leaf for torch.fx: the padding depends on the size at call time
