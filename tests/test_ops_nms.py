@@ -229,3 +229,15 @@ def test_cuda_nms_equals_cpu():
     assert torch.equal(B.nms(boxes.cuda(), scores.cuda(), 0.5).cpu(), B.nms(boxes, scores, 0.5))
     got = B.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5).cpu()
     assert torch.equal(got, B.batched_nms(boxes, scores, idxs, 0.5))
+
+
+def test_c_radix_argsort_equals_stable_torch_sort():
+    cases = [
+        torch.rand(3000),
+        torch.randint(0, 5, (700,)).float(),  # many ties: index order must be kept
+        torch.tensor([0.0, -0.0, 1.0, -1.0, float("inf"), float("-inf"), 0.5, -0.0]),  # -0.0 ties with 0.0
+        torch.randn(900).half(),
+        torch.zeros(0),
+    ]
+    for scores in cases:
+        assert torch.equal(K._order(scores, "c"), torch.sort(scores, descending=True, stable=True).indices)

@@ -216,3 +216,12 @@ def test_bad_inputs_raise_clear_errors():
         roi_align(x, torch.zeros(1, 5), 2, spatial_scale=0.0)
     with pytest.raises(ValueError, match="scales must halve"):
         multi_scale_roi_align([x, x], [torch.zeros(1, 4)], 2, scales=[0.25, 0.0625])
+
+
+def test_roi_pool_ties_send_the_gradient_to_the_first_maximum():
+    x = torch.randn(1, 2, 9, 9, dtype=torch.float64).clamp(min=0).requires_grad_()  # ReLU-like: many tied zeros
+    x.data[0, 1] = 1.0  # a constant channel: every bin is one big tie
+    rois = random_rois(10, 1, 9.0)
+    check_against(
+        lambda inp: roi_pool(inp, rois, (3, 2), 1.0), lambda inp: torchvision.ops.roi_pool(inp, rois, (3, 2), 1.0), [x]
+    )  # reference: torchvision (argmax = first strict maximum in row-major order)

@@ -244,25 +244,35 @@ def roi_pool(
 
     x_lo, x_hi = bins(0, pw, w)
     y_lo, y_hi = bins(1, ph, h)
-    span_y = int((y_hi - y_lo).max().clamp(min=1))
-    span_x = int((x_hi - x_lo).max().clamp(min=1))
+    span_y = int((y_hi - y_lo).max().clamp(min=0))
+    span_x = int((x_hi - x_lo).max().clamp(min=0))
     batch = rois[:, 0].long()
-    for a, b in _chunks(k, ph * pw * span_y * span_x * c * 2):
-        rows = y_lo[a:b, :, None] + torch.arange(span_y, device=rois.device)  # (k, PH, sy)
-        cols = x_lo[a:b, :, None] + torch.arange(span_x, device=rois.device)  # (k, PW, sx)
-        ok = (rows < y_hi[a:b, :, None])[:, :, :, None, None] & (cols < x_hi[a:b, :, None])[:, None, None, :, :]
-        cell = (
-            (batch[a:b] * h * w)[:, None, None, None, None]
-            + rows.clamp(max=h - 1)[:, :, :, None, None] * w
-            + cols.clamp(max=w - 1)[:, None, None, :, :]
-        )  # (k, PH, sy, PW, sx)
-        vals = flat.index_select(0, cell.flatten()).view(*cell.shape, c)
-        vals = vals.masked_fill(~ok[..., None], float("-inf"))
-        vals = vals.permute(0, 1, 3, 5, 2, 4).reshape(b - a, ph, pw, c, span_y * span_x)
-        best = vals.max(dim=-1).values
-        empty = ~ok.any(dim=4).any(dim=2)  # (k, PH, PW)
-        best = best.masked_fill(empty[..., None], 0)
-        out = out.index_copy(0, torch.arange(a, b, device=rois.device), best)
+    lowest = torch.finfo(compute).min  # the reference starts each non-empty bin at -FLT_MAX
+    out_chunks = []
+    for a, b in _chunks(k, ph * pw * c * 4):
+        # Scan each bin in row-major order keeping the first strict maximum and where it was (the reference's
+        # argmax), one gather of all bins per offset. No graph: the output is re-gathered from the argmax below.
+        base = (batch[a:b] * h * w)[:, None, None]
+        with torch.no_grad():
+            best = flat.new_full((b - a, ph, pw, c), lowest)
+            arg = torch.full((b - a, ph, pw, c), -1, dtype=torch.int64, device=flat.device)
+            for dy in range(span_y):
+                rows = y_lo[a:b] + dy  # (k, PH)
+                row_ok = rows < y_hi[a:b]
+                for dx in range(span_x):
+                    cols = x_lo[a:b] + dx  # (k, PW)
+                    ok = row_ok[:, :, None] & (cols < x_hi[a:b])[:, None, :]  # (k, PH, PW)
+                    cell = base + rows.clamp(max=h - 1)[:, :, None] * w + cols.clamp(max=w - 1)[:, None, :]
+                    val = flat.index_select(0, cell.flatten()).view(*cell.shape, c)
+                    better = (val > best) & ok[..., None]
+                    best = torch.where(better, val, best)
+                    arg = torch.where(better, cell[..., None], arg)
+            empty = ((y_hi[a:b] <= y_lo[a:b])[:, :, None] | (x_hi[a:b] <= x_lo[a:b])[:, None, :])[..., None]
+            fill = torch.full(empty.shape, lowest, dtype=compute, device=flat.device).masked_fill(empty, 0)
+        found = arg >= 0
+        picked = flat.gather(0, arg.clamp(min=0).view(-1, c)).view(b - a, ph, pw, c)  # gradient: to the argmax
+        out_chunks.append(torch.where(found, picked, fill))
+    out = torch.cat(out_chunks)
     return out.permute(0, 3, 1, 2).to(input.dtype)
 
 

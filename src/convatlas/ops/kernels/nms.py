@@ -104,11 +104,12 @@ static int64_t grid_##SUFFIX(const T *b, int64_t n, double thr, uint8_t *keep) {
         cw *= 2; ch *= 2;                                                                                           \
     }                                                                                                               \
     int64_t *head = (int64_t *)malloc(sizeof(int64_t) * gx * gy);                                                   \
+    int64_t *tail = (int64_t *)malloc(sizeof(int64_t) * gx * gy);                                                   \
     int64_t *stamp = (int64_t *)malloc(sizeof(int64_t) * n);                                                        \
-    int64_t cap = 4 * n + 16, used = 0, nk = 0;                                                                     \
+    int64_t cap = 1024, used = 0, nk = 0;                                                                            \
     node_##SUFFIX *nodes = (node_##SUFFIX *)malloc(sizeof(node_##SUFFIX) * cap);                                    \
-    if (!head || !stamp || !nodes) { free(head); free(stamp); free(nodes); return -1; }                            \
-    for (int64_t c = 0; c < gx * gy; c++) head[c] = -1;                                                             \
+    if (!head || !tail || !stamp || !nodes) { free(head); free(tail); free(stamp); free(nodes); return -1; }        \
+    for (int64_t c = 0; c < gx * gy; c++) head[c] = tail[c] = -1;                                                   \
     for (int64_t i = 0; i < n; i++) stamp[i] = -1;                                                                  \
     for (int64_t i = 0; i < n; i++) {                                                                               \
         const T *bi = b + 4 * i;                                                                                    \
@@ -133,18 +134,21 @@ static int64_t grid_##SUFFIX(const T *b, int64_t n, double thr, uint8_t *keep) {
         if (need > cap) {                                                                                           \
             while (cap < need) cap *= 2;                                                                            \
             node_##SUFFIX *grown = (node_##SUFFIX *)realloc(nodes, sizeof(node_##SUFFIX) * cap);                    \
-            if (!grown) { free(head); free(stamp); free(nodes); return -1; }                                        \
+            if (!grown) { free(head); free(tail); free(stamp); free(nodes); return -1; }                            \
             nodes = grown;                                                                                          \
         }                                                                                                           \
         for (int64_t cy = cy0; cy <= cy1; cy++)                                                                     \
             for (int64_t cx = cx0; cx <= cx1; cx++) {                                                               \
                 node_##SUFFIX *k = nodes + used;                                                                    \
                 k->x1 = bi[0]; k->y1 = bi[1]; k->x2 = bi[2]; k->y2 = bi[3]; k->area = ai; k->id = i;              \
-                k->next = head[cy * gx + cx];                                                                       \
-                head[cy * gx + cx] = used++;                                                                        \
+                /* append: lists stay in keep order, so the strongest (likeliest) suppressor is tested first */     \
+                k->next = -1;                                                                                       \
+                int64_t cell = cy * gx + cx;                                                                        \
+                if (tail[cell] >= 0) nodes[tail[cell]].next = used; else head[cell] = used;                         \
+                tail[cell] = used++;                                                                                \
             }                                                                                                       \
     }                                                                                                               \
-    free(head); free(stamp); free(nodes);                                                                           \
+    free(head); free(tail); free(stamp); free(nodes);                                                               \
     return nk;                                                                                                      \
 }                                                                                                                   \
                                                                                                                     \
@@ -165,6 +169,40 @@ int64_t nms_##SUFFIX(const T *b, const int64_t *seg, int64_t nseg, double thr, u
 
 DEFINE_NMS(f32, float)
 DEFINE_NMS(f64, double)
+
+/* Stable descending argsort of float32 scores: LSD radix sort, 3 passes of 11 bits. Equal scores keep index order;
+   -0.0 equals 0.0; NaN (positive sign) sorts first, as in torch.sort(descending=True). Returns 0 or -1. */
+int64_t argsort_desc_f32(const float *s, int64_t n, int64_t *out) {
+    uint32_t *key = (uint32_t *)malloc(sizeof(uint32_t) * 2 * (n > 0 ? n : 1));
+    int64_t *tmp = (int64_t *)malloc(sizeof(int64_t) * (n > 0 ? n : 1));
+    if (!key || !tmp) { free(key); free(tmp); return -1; }
+    uint32_t *key2 = key + n;
+    for (int64_t i = 0; i < n; i++) {
+        union { float f; uint32_t u; } v;
+        v.f = s[i];
+        uint32_t u = v.u == 0x80000000u ? 0u : v.u;
+        u = (u & 0x80000000u) ? ~u : (u | 0x80000000u); /* ascending unsigned order == ascending float order */
+        key[i] = ~u;                                     /* descending */
+        out[i] = i;
+    }
+    uint32_t *src_k = key, *dst_k = key2;
+    int64_t *src_i = out, *dst_i = tmp;
+    for (int shift = 0; shift < 33; shift += 11) {
+        int64_t count[2049] = {0};
+        for (int64_t i = 0; i < n; i++) count[((src_k[i] >> shift) & 2047u) + 1]++;
+        for (int b = 0; b < 2048; b++) count[b + 1] += count[b];
+        for (int64_t i = 0; i < n; i++) {
+            int64_t pos = count[(src_k[i] >> shift) & 2047u]++;
+            dst_k[pos] = src_k[i];
+            dst_i[pos] = src_i[i];
+        }
+        uint32_t *tk = src_k; src_k = dst_k; dst_k = tk;
+        int64_t *ti = src_i; src_i = dst_i; dst_i = ti;
+    }
+    if (src_i != out) for (int64_t i = 0; i < n; i++) out[i] = src_i[i];
+    free(key); free(tmp);
+    return 0;
+}
 """
 
 _CFLAGS = ["-O3", "-shared", "-fPIC", "-std=c99", "-ffp-contract=off", "-fno-fast-math"]
@@ -203,6 +241,8 @@ def load_library() -> ctypes.CDLL | None:
             fn = getattr(lib, name)
             fn.restype = ctypes.c_int64
             fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p]
+        lib.argsort_desc_f32.restype = ctypes.c_int64
+        lib.argsort_desc_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
         _lib = lib
     except (OSError, subprocess.SubprocessError, AttributeError) as exc:
         _lib_failed = True
@@ -299,7 +339,13 @@ def _greedy_c(boxes: Tensor, thr: float, seg: Tensor) -> Tensor:
     return keep.bool()
 
 
-def _order(scores: Tensor) -> Tensor:
+def _order(scores: Tensor, backend: str = "torch") -> Tensor:
+    """Indices that sort ``scores`` in decreasing order, ties by increasing index."""
+    if backend == "c" and scores.dtype != torch.float64:
+        keys = scores.float().contiguous()
+        order = torch.empty(len(keys), dtype=torch.int64)
+        if load_library().argsort_desc_f32(keys.data_ptr(), len(keys), order.data_ptr()) == 0:
+            return order
     return torch.sort(scores, descending=True, stable=True).indices
 
 
@@ -308,7 +354,7 @@ def nms(boxes: Tensor, scores: Tensor, thr: float, backend: str | None = None) -
     if len(boxes) == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     backend = backend or backend_for(boxes.device)
-    order = _order(scores)
+    order = _order(scores, backend)
     sorted_boxes = boxes[order]
     if backend == "c":
         seg = torch.tensor([0, len(boxes)], dtype=torch.int64)
@@ -323,7 +369,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, thr: float, backend
     if len(boxes) == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     backend = backend or backend_for(boxes.device)
-    order = _order(scores)
+    order = _order(scores, backend)
     if backend == "c":
         # group by category, keeping score order inside each group (stable sort)
         order = order[torch.sort(idxs[order], stable=True).indices]
@@ -333,4 +379,4 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, thr: float, backend
     else:
         keep = greedy_torch(boxes[order], thr, cls=idxs[order])
     kept = order[keep].sort().values  # by index, so the stable sort below breaks score ties by index
-    return kept[_order(scores[kept])]
+    return kept[_order(scores[kept], backend)]
