@@ -2,8 +2,10 @@
 
 Prints, per case, the median time of ours and of PyTorch (forward, and forward + backward) and the ratio
 ``PyTorch time / our time`` (above 1.0 means ours is faster). Runs on CPU always and on CUDA when it is present.
+On CPU the time is this process's CPU time (``time.process_time``, one thread by default), which stays comparable
+on a machine shared with other jobs; on CUDA it is wall time between synchronisations.
 
-    .venv/bin/python benchmarks/conv.py [--threads 2] [--repeat 20] [--quick]
+    .venv/bin/python benchmarks/conv.py [--threads 1] [--repeat 20] [--quick]
 """
 
 from __future__ import annotations
@@ -29,15 +31,16 @@ def _time(fn: Callable[[], torch.Tensor], repeat: int, backward: bool, device: s
 
     for _ in range(2):
         once()
+    clock = time.perf_counter if device == "cuda" else time.process_time
     times = []
     for _ in range(repeat):
         if device == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         once()
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -91,13 +94,15 @@ def cases(device: str, quick: bool) -> list[tuple[str, Callable, Callable, list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     parser.add_argument("--repeat", type=int, default=20, help="timed calls per case (default 20)")
     parser.add_argument("--quick", action="store_true", help="batch 2 instead of 8")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"torch {torch.__version__}, {args.threads} CPU threads, float32, median of {args.repeat}")
+    print(
+        f"torch {torch.__version__}, {args.threads} CPU thread(s), float32, median of {args.repeat} (CPU: process time)"
+    )
     header = f"{'device':6} {'case':36} {'pass':9} {'ours ms':>9} {'torch ms':>9} {'ratio':>6}"
     print(header)
     for device in devices:

@@ -558,8 +558,9 @@ def depthwise_conv(
         window = tuple(
             slice(a * d, a * d + s * (n - 1) + 1, s) for a, d, s, n in zip(tap, dilation, stride, out_size, strict=True)
         )
-        term = x[(slice(None), slice(None), *window)] * weight[(slice(None), 0, *tap)].view(1, -1, *([1] * nd))
-        out = term if out is None else out + term
+        view = x[(slice(None), slice(None), *window)]  # (N, C*m, *out_size), no copy
+        tap_weight = weight[(slice(None), 0, *tap)].view(1, -1, *([1] * nd))  # (1, C*m, 1, ...)
+        out = view * tap_weight if out is None else out.addcmul_(view, tap_weight)  # accumulate in place
     if bias is not None:
         out = out + bias.view(1, -1, *([1] * nd))
     return out if input.dim() == nd + 2 else out.squeeze(0)
