@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Command groups, in the order ``convatlas --help`` lists them.
-COMMAND_MODULES = ("arith", "tour", "models", "detect", "train")
+COMMAND_MODULES = ("arith", "tour", "models", "detect", "train", "analysis")
 
 
 def build_parser() -> argparse.ArgumentParser:
