@@ -105,3 +105,8 @@ def test_cpu_tensors_without_interpreter_are_refused():
 def test_dtype_mismatch_is_refused():
     with pytest.raises(TypeError, match="weight dtype torch.float32 must equal x dtype torch.float64"):
         kernels.dynamic_conv_triton(torch.randn(1, 2, 3, dtype=torch.float64), torch.randn(1, 1, 3, 3), 1)
+
+
+def test_opt_out_variable_disables_the_kernels(monkeypatch):
+    monkeypatch.setenv("CONVATLAS_NO_TRITON", "1")
+    assert not kernels.available()

@@ -12,8 +12,9 @@ With ``p = padding_l`` taps on the left the output keeps the length T:
 ``out[b, c, t] = sum_k w[h(c), k] * x[b, c, t + k - p]``, with ``x`` zero outside ``[0, T)``.
 ``p = K // 2`` centres the kernel (the default); ``p = K - 1`` makes it causal (step t sees only ``x[..t]``).
 
-On CUDA, with Triton importable, the work goes to the kernels of :mod:`convatlas.ops.kernels.seqconv`; everywhere
-else to the PyTorch path below (a depthwise ``conv1d`` for lightweight, a sum of K shifted products for dynamic).
+On CUDA, with Triton importable, the work goes to the kernels of :mod:`convatlas.ops.kernels.seqconv` (set
+``CONVATLAS_NO_TRITON=1`` to opt out); everywhere else to the PyTorch path below (a depthwise ``conv1d`` for
+lightweight, a sum of K shifted products for dynamic).
 """
 
 from __future__ import annotations

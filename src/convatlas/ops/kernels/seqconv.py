@@ -40,8 +40,11 @@ BLOCK_T = 64
 
 
 def available() -> bool:
-    """Whether Triton can be imported (the ops also require CUDA tensors before choosing the kernels)."""
-    return triton is not None
+    """Whether the kernels may be used: Triton imports and ``CONVATLAS_NO_TRITON=1`` is not set.
+
+    The ops also require CUDA tensors before choosing the kernels; the variable forces their PyTorch path.
+    """
+    return triton is not None and os.environ.get("CONVATLAS_NO_TRITON", "0") != "1"
 
 
 def interpreting() -> bool:
