@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from convatlas.models import create_model, model_info
-from convatlas.models.unet import UNet, center_crop
+from convatlas.models.unet import UNet, center_crop, output_size
 from helpers import check_against
 
 # Published count of the paper's network (in 1 channel, 2 classes): the Keras model.summary() "Total params:
@@ -52,6 +52,21 @@ def test_paper_shapes_572_to_388():
         assert [f.shape[1] for f in model.forward_stages(x)] == [64, 128, 256, 512, 1024]
         assert [f["module"] for f in model.feature_info] == [f"down.{i}" for i in range(5)]
         assert model(x).shape == (1, 2, 388, 388)
+
+
+def test_output_size_follows_the_tiling_rule():
+    assert output_size(572) == 388 and output_size(188) == 4  # the paper's tile and the smallest valid one
+    assert output_size(60, levels=3) == 20
+    assert output_size(96, padding="same") == 96
+    with pytest.raises(ValueError, match="level 1 gives an odd size 279 to the 2x2 max pool"):
+        output_size(570)
+    with pytest.raises(ValueError, match="vanish"):
+        output_size(60)  # 56, 28 -> 24, 12 -> 8, 4 -> 0
+    # The formula agrees with real forward passes (shapes on the meta device).
+    with torch.device("meta"):
+        model = UNet(widths=(4, 8, 16, 32, 64))
+        for size in (188, 572, 252):
+            assert model(torch.empty(1, 1, size, size)).shape[-1] == output_size(size)
 
 
 def _reference_unet(model: UNet, x: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,31 @@ def crop_and_concat(skip: Tensor, up: Tensor) -> Tensor:
     return torch.cat([center_crop(skip, height, width), center_crop(up, height, width)], dim=1)
 
 
+def output_size(size: int, *, levels: int = 5, padding: str = "valid") -> int:
+    """Output height (or width) of the plain U-Net for an input of ``size``, checking the paper's tiling rule.
+
+    Each level's two 3x3 convolutions take 4 pixels when unpadded; the paper chooses tiles "such that all 2x2
+    max-pooling operations are applied to a layer with an even x- and y-size" (572 -> 388, 188 -> 4).
+
+    Raises:
+        ValueError: when a max pool would see an odd size or a map would vanish.
+    """
+    loss = 4 if padding == "valid" else 0
+    for level in range(levels):
+        size -= loss
+        if size < 1:
+            raise ValueError(f"output_size: the maps vanish at level {level} (input too small for {levels} levels)")
+        if level < levels - 1:
+            if size % 2:
+                raise ValueError(f"output_size: level {level} gives an odd size {size} to the 2x2 max pool")
+            size //= 2
+    for _ in range(levels - 1):
+        size = 2 * size - loss
+        if size < 1:
+            raise ValueError("output_size: the maps vanish in the expansive path (input too small)")
+    return size
+
+
 def resize_to(x: Tensor, ref: Tensor) -> Tensor:
     """Bilinear resize of ``x`` (Tensor[N, C, h, w]) to the spatial size of ``ref`` (Tensor[N, *, H, W])."""
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
@@ -223,4 +248,4 @@ def unet(**kwargs) -> UNet:
     return UNet(**kwargs)
 
 
-__all__ = ["DoubleConv", "UNet", "center_crop", "crop_and_concat", "resize_to", "unet"]
+__all__ = ["DoubleConv", "UNet", "center_crop", "crop_and_concat", "output_size", "resize_to", "unet"]
