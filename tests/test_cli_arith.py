@@ -42,7 +42,7 @@ def test_pool(capsys, ceil_mode):
     expected = F.max_pool1d(torch.zeros(1, 1, 5), 2, 2, 1, ceil_mode=ceil_mode).shape[-1]
     assert code == 0 and out.splitlines()[0] == f"output length: {expected}"
     if ceil_mode:  # ceil(5/2) + 1 = 4 would start the last window in the right padding
-        assert "minus 1 = 3" in out
+        assert "ceil(5/2) + 1 = 4 - 1 = 3" in out
 
 
 def test_transpose(capsys):

@@ -67,7 +67,8 @@ def _pool(args: argparse.Namespace) -> int:
     raw = (-(-numerator // stride) if args.ceil_mode else numerator // stride) + 1
     line += f" = {raw}"
     if raw != out:
-        line += f", minus 1 = {out}: the last window would start in the right padding ((L_out - 1)s >= L + p)"
+        line += f" - 1 = {out}\n(window {raw} would start in the right padding: "
+        line += f"({raw}-1)*{stride} >= L + p = {length + padding})"
     print(line)
     return 0
 
@@ -94,8 +95,8 @@ def _same(args: argparse.Namespace) -> int:
     if isinstance(padding, tuple):
         print(f"padding: left {padding[0]}, right {padding[1]} (asymmetric)")
         print(
-            f"total d(k-1) = {dilation}*({kernel}-1) = {total} is odd, so no symmetric padding keeps the length; "
-            f"PyTorch's padding='same' puts the extra zero on the right"
+            f"d(k-1) = {dilation}*({kernel}-1) = {total} is odd: no symmetric padding keeps the length; the extra zero "
+            f"goes right, as with padding='same'"
         )
     else:
         print(f"padding: {padding}")
