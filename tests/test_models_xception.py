@@ -10,14 +10,19 @@ from convatlas.models import create_model, load_weights, model_info
 from convatlas.models.xception import XceptionBlock
 from helpers import check_against
 
-# Chollet 2017, Table 3: "Xception 22,855,952 parameters" (Keras' Xception lists the same number as trainable).
+# Chollet 2017, Table 3: "Xception 22,855,952 parameters". Keras' applications.Xception summary: "Total params:
+# 22,910,480, Trainable params: 22,855,952, Non-trainable params: 54,528" (the BatchNorm moving mean and variance).
 PUBLISHED = 22_855_952
+KERAS_TOTAL, KERAS_NON_TRAINABLE = 22_910_480, 54_528
 
 
 def test_parameter_count_equals_paper():
     with torch.device("meta"):
         model = create_model("xception")
     assert sum(p.numel() for p in model.parameters()) == PUBLISHED
+    # Keras counts BatchNorm's two running statistics as weights too: same BatchNorm layers, same widths.
+    running = sum(2 * m.num_features for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert running == KERAS_NON_TRAINABLE and PUBLISHED + running == KERAS_TOTAL
     with torch.device("meta"):
         assert sum(p.numel() for p in timm.create_model("legacy_xception").parameters()) == PUBLISHED
 
