@@ -171,6 +171,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in dict.fromkeys(r["model"] for r in rows):
@@ -179,6 +180,9 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     ax.set(
         xscale="log", yscale="log", xlabel="sequence length T (tokens)", ylabel="tokens / s (inference)", title=title
     )
+    lengths = sorted({r["T"] for r in rows})
+    ax.set_xticks(lengths, [str(t) for t in lengths])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         dtype, shape = torch.float32, dict(b=4, c=256, t=256, h=8, k=31)
         lengths, budget = [128, 256, 512, 1024, 2048], 8192
-        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        name = f"{platform.processor() or platform.machine()} CPU, threads={torch.get_num_threads()}"
     kernel = "Triton" if device.type == "cuda" and kernels.available() else "PyTorch path"
     print(f"device: {name}; torch {torch.__version__}; ops via the {kernel}; dtype {dtype}; shape {shape}")
     op_rows = bench_ops(device, dtype, **shape)
