@@ -84,7 +84,8 @@ class XceptionBlock(nn.Module):
                 cin, cout = (in_channels if i == 0 else out_channels), out_channels
             else:
                 cin, cout = in_channels, (out_channels if i == reps - 1 else in_channels)
-            act = nn.ReLU() if (i > 0 or start_with_relu) else nn.Identity()
+            # The first ReLU must leave the block input intact for the shortcut; later ones may work in place.
+            act = nn.ReLU(inplace=i > 0) if (i > 0 or start_with_relu) else nn.Identity()
             units.append(nn.Sequential(act, SeparableConv2d(cin, cout), nn.BatchNorm2d(cout)))
         self.units = nn.Sequential(*units)
         self.pool = nn.MaxPool2d(3, stride, padding=1) if stride != 1 else nn.Identity()
