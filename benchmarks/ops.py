@@ -148,12 +148,60 @@ def bench_roi(device: str, repeats: int) -> None:
         print(row([name, "forward + backward", f"{t_ref:.2f}", f"{t_ours:.2f}", f"{t_ref / t_ours:.2f}x", ""]))
 
 
+# Ground-truth-like boxes on scikit-image's astronaut (x1, y1, x2, y2): face, shuttle, helmet, mission patch, flag.
+ASTRONAUT_OBJECTS = [
+    (150, 20, 300, 200),
+    (360, 0, 480, 290),
+    (285, 335, 512, 512),
+    (135, 345, 215, 415),
+    (0, 0, 95, 480),
+]
+
+
+def nms_figure(path: str, per_object: int = 25, threshold: float = 0.5) -> None:
+    """Draw NMS before/after on ``skimage.data.astronaut()``: jittered copies of a few object boxes, score falling
+    with the jitter, as a detector would produce them."""
+    import matplotlib.pyplot as plt
+    from skimage import data
+
+    gen = torch.Generator().manual_seed(0)
+    objs = torch.tensor(ASTRONAUT_OBJECTS, dtype=torch.float32)
+    size = (objs[:, 2:] - objs[:, :2]).repeat(1, 2)
+    noise = torch.randn(len(objs), per_object, 4, generator=gen) * 0.12
+    boxes = (objs[:, None] + noise * size[:, None]).reshape(-1, 4).clamp(0, 512)
+    scores = torch.exp(-8 * noise.abs().mean(dim=2)).reshape(-1)
+    keep = B.nms(boxes, scores, threshold)
+    assert torch.equal(keep, torchvision.ops.nms(boxes, scores, threshold))
+    image = data.astronaut()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.3))
+    for ax, idx, title in (
+        (axes[0], torch.arange(len(boxes)), f"before: {len(boxes)} boxes"),
+        (axes[1], keep, f"after nms(iou_threshold={threshold}): {len(keep)} boxes"),
+    ):
+        ax.imshow(image)
+        for i in idx.tolist():
+            x1, y1, x2, y2 = boxes[i].tolist()
+            s = float(scores[i])
+            ax.add_patch(
+                plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=0.6 + 1.6 * s, color=plt.cm.plasma(s))
+            )
+        ax.set_title(title)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    print(f"wrote {path}: {len(boxes)} boxes -> {len(keep)} kept")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (both libraries' kernels are serial)")
     parser.add_argument("--only", choices=["nms", "roi"], help="run one group")
+    parser.add_argument("--figure", metavar="PNG", help="only draw NMS before/after on the astronaut image to PNG")
     args = parser.parse_args()
+    if args.figure:
+        nms_figure(args.figure)
+        return
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 7
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"

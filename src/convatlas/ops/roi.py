@@ -244,36 +244,63 @@ def roi_pool(
 
     x_lo, x_hi = bins(0, pw, w)
     y_lo, y_hi = bins(1, ph, h)
-    span_y = int((y_hi - y_lo).max().clamp(min=0))
-    span_x = int((x_hi - x_lo).max().clamp(min=0))
+    # boxes are grouped by their largest bin (rows, columns) so small boxes do not pay for the scan of large ones
+    span_y = (y_hi - y_lo).amax(dim=1).clamp(min=0)
+    span_x = (x_hi - x_lo).amax(dim=1).clamp(min=0)
     batch = rois[:, 0].long()
     lowest = torch.finfo(compute).min  # the reference starts each non-empty bin at -FLT_MAX
-    out_chunks = []
-    for a, b in _chunks(k, ph * pw * c * 4):
-        # Scan each bin in row-major order keeping the first strict maximum and where it was (the reference's
-        # argmax), one gather of all bins per offset. No graph: the output is re-gathered from the argmax below.
-        base = (batch[a:b] * h * w)[:, None, None]
-        with torch.no_grad():
-            best = flat.new_full((b - a, ph, pw, c), lowest)
-            arg = torch.full((b - a, ph, pw, c), -1, dtype=torch.int64, device=flat.device)
-            for dy in range(span_y):
-                rows = y_lo[a:b] + dy  # (k, PH)
-                row_ok = rows < y_hi[a:b]
-                for dx in range(span_x):
-                    cols = x_lo[a:b] + dx  # (k, PW)
-                    ok = row_ok[:, :, None] & (cols < x_hi[a:b])[:, None, :]  # (k, PH, PW)
-                    cell = base + rows.clamp(max=h - 1)[:, :, None] * w + cols.clamp(max=w - 1)[:, None, :]
-                    val = flat.index_select(0, cell.flatten()).view(*cell.shape, c)
-                    better = (val > best) & ok[..., None]
-                    best = torch.where(better, val, best)
-                    arg = torch.where(better, cell[..., None], arg)
-            empty = ((y_hi[a:b] <= y_lo[a:b])[:, :, None] | (x_hi[a:b] <= x_lo[a:b])[:, None, :])[..., None]
-            fill = torch.full(empty.shape, lowest, dtype=compute, device=flat.device).masked_fill(empty, 0)
-        found = arg >= 0
-        picked = flat.gather(0, arg.clamp(min=0).view(-1, c)).view(b - a, ph, pw, c)  # gradient: to the argmax
-        out_chunks.append(torch.where(found, picked, fill))
-    out = torch.cat(out_chunks)
+    pieces, order = [], []
+    for sy, sx in torch.unique(torch.stack([span_y, span_x], dim=1), dim=0).tolist():
+        group = torch.nonzero((span_y == sy) & (span_x == sx)).flatten()
+        for a, b in _chunks(len(group), ph * pw * c * 4):
+            idx = group[a:b]
+            pieces.append(
+                _roi_pool_bins(flat, batch[idx], y_lo[idx], y_hi[idx], x_lo[idx], x_hi[idx], sy, sx, h, w, lowest)
+            )
+            order.append(idx)
+    out = torch.cat(pieces)[torch.argsort(torch.cat(order))]
     return out.permute(0, 3, 1, 2).to(input.dtype)
+
+
+def _roi_pool_bins(
+    flat: Tensor,
+    batch: Tensor,
+    y_lo: Tensor,
+    y_hi: Tensor,
+    x_lo: Tensor,
+    x_hi: Tensor,
+    span_y: int,
+    span_x: int,
+    h: int,
+    w: int,
+    lowest: float,
+) -> Tensor:
+    """Max of each bin for k boxes whose bins span at most ``span_y x span_x`` cells; returns (k, PH, PW, C).
+
+    Scans each bin in row-major order keeping the first strict maximum and where it was (the reference's argmax),
+    one gather of all bins per offset, without a graph; the output is then gathered again at the argmax so that
+    autograd sends each gradient to exactly that cell.
+    """
+    k, ph, pw, c = len(batch), y_lo.shape[1], x_lo.shape[1], flat.shape[1]
+    base = (batch * h * w)[:, None, None]
+    with torch.no_grad():
+        best = flat.new_full((k, ph, pw, c), lowest)
+        arg = torch.full((k, ph, pw, c), -1, dtype=torch.int64, device=flat.device)
+        for dy in range(span_y):
+            rows = y_lo + dy  # (k, PH)
+            row_ok = rows < y_hi
+            for dx in range(span_x):
+                cols = x_lo + dx  # (k, PW)
+                ok = row_ok[:, :, None] & (cols < x_hi)[:, None, :]  # (k, PH, PW)
+                cell = base + rows.clamp(max=h - 1)[:, :, None] * w + cols.clamp(max=w - 1)[:, None, :]
+                val = flat.index_select(0, cell.flatten()).view(*cell.shape, c)
+                better = (val > best) & ok[..., None]
+                best = torch.where(better, val, best)
+                arg = torch.where(better, cell[..., None], arg)
+        empty = ((y_hi <= y_lo)[:, :, None] | (x_hi <= x_lo)[:, None, :])[..., None]
+        fill = torch.full(empty.shape, lowest, dtype=flat.dtype, device=flat.device).masked_fill(empty, 0)
+    picked = flat.gather(0, arg.clamp(min=0).view(-1, c)).view(k, ph, pw, c)
+    return torch.where(arg >= 0, picked, fill)
 
 
 def infer_scale(feature_size: Sequence[int], image_size: Sequence[int]) -> float:

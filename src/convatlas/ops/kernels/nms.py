@@ -119,9 +119,13 @@ static int64_t grid_##SUFFIX(const T *b, int64_t n, double thr, uint8_t *keep) {
         int64_t cy0 = (int64_t)floor(((double)bi[1] - miny) / ch), cy1 = (int64_t)floor(((double)bi[3] - miny) / ch); \
         if (cx0 < 0) cx0 = 0; if (cy0 < 0) cy0 = 0; if (cx1 >= gx) cx1 = gx - 1; if (cy1 >= gy) cy1 = gy - 1;     \
         int sup = 0;                                                                                                \
-        for (int64_t cy = cy0; cy <= cy1 && !sup; cy++)                                                             \
-            for (int64_t cx = cx0; cx <= cx1 && !sup; cx++)                                                         \
-                for (int64_t q = head[cy * gx + cx]; q >= 0 && !sup; q = nodes[q].next) {                           \
+        /* the middle cell first: a box's likeliest suppressor overlaps it most and so covers its middle */         \
+        int64_t mid = ((cy0 + cy1) / 2) * gx + (cx0 + cx1) / 2;                                                     \
+        for (int64_t pass = 0; pass < 2 && !sup; pass++)                                                            \
+        for (int64_t cy = pass ? cy0 : 0; cy <= (pass ? cy1 : 0) && !sup; cy++)                                     \
+            for (int64_t cx = pass ? cx0 : 0; cx <= (pass ? cx1 : 0) && !sup; cx++)                                 \
+                for (int64_t q = !pass ? head[mid] : cy * gx + cx == mid ? -1 : head[cy * gx + cx]; q >= 0 && !sup;   \
+                     q = nodes[q].next) {                                                                           \
                     node_##SUFFIX *k = nodes + q;                                                                   \
                     if (stamp[k->id] == i) continue;                                                                \
                     stamp[k->id] = i;                                                                               \
