@@ -25,6 +25,7 @@ from convatlas.ops import (
     pointwise_conv,
     separable_conv,
 )
+from convatlas.ops.conv import DENSE_LIMIT
 from helpers import check_against
 
 F64 = torch.float64
@@ -279,4 +280,14 @@ def test_depthwise_shift_add_matches_grouped_conv(shape, kernel, multiplier, str
         lambda x, w, b: depthwise_conv(x, w, b, stride=stride, padding=padding, dilation=dilation),
         lambda x, w, b: reference(x, w, b, stride, padding, dilation, channels),
         [x, w, b],
+    )
+
+
+def test_conv_transpose_matrix_path_is_sparse_for_large_inputs():
+    # 1 x 48 x 48 both ways: C^T would be 2304 x 2304 = 5.3M dense entries, above DENSE_LIMIT, so C is sparse COO.
+    assert DENSE_LIMIT < 2304 * 2304
+    check_against(
+        lambda x, w: conv_transpose2d(x, w, None, 1, 1, method="matrix"),
+        lambda x, w: F.conv_transpose2d(x, w, None, 1, 1),
+        [_leaf(1, 1, 48, 48), _leaf(1, 1, 3, 3)],
     )
