@@ -76,6 +76,15 @@ def test_weights_from_peer_give_equal_outputs(source, variant):
     check_against(ours, peer, [x], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("source", ["torchvision", "timm"])
+def test_weights_of_another_variant_are_refused(source):
+    with torch.device("meta"):
+        peer = torchvision.models.efficientnet_b2() if source == "torchvision" else timm.create_model("efficientnet_b2")
+        model = create_model("efficientnet_b0")
+    with pytest.raises(ValueError, match=r"missing tensors|has shape"):
+        load_weights(model, peer.state_dict(), source=source)
+
+
 def test_forward_backward_small_input_and_feature_info():
     model = create_model("efficientnet_b0", num_classes=7, in_channels=1)
     x = torch.randn(2, 1, 32, 32)

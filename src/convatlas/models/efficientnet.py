@@ -195,10 +195,20 @@ class EfficientNet(ImageModel):
         return out
 
 
-def _block_parts(model: EfficientNet, stage: int, block: int) -> list[str]:
+def _has_expand(model: EfficientNet, stage: int, block: int) -> bool | None:
+    """Whether our block ``stages.{stage}.{block}`` has an expansion conv; None when the model has no such block."""
+    if stage >= len(model.stages) or block >= len(model.stages[stage]):
+        return None
+    return model.stages[stage][block].has_expand
+
+
+def _block_parts(model: EfficientNet, stage: int, block: int) -> list[str] | None:
     """Our sub-module names of one MBConv in the order torchvision's ``block`` Sequential lists them."""
+    has_expand = _has_expand(model, stage, block)
+    if has_expand is None:
+        return None
     parts = ["dw", "se", "project"]
-    return ["expand", *parts] if model.stages[stage][block].has_expand else parts
+    return ["expand", *parts] if has_expand else parts
 
 
 def _rename_torchvision(key: str, model: EfficientNet) -> str:
@@ -209,7 +219,10 @@ def _rename_torchvision(key: str, model: EfficientNet) -> str:
         return f"head_conv.{m[1]}"
     if m := re.fullmatch(r"features\.(\d+)\.(\d+)\.block\.(\d+)\.(.*)", key):
         stage, block = int(m[1]) - 1, int(m[2])
-        return f"stages.{stage}.{block}.{_block_parts(model, stage, block)[int(m[3])]}.{m[4]}"
+        parts = _block_parts(model, stage, block)
+        if parts is None or int(m[3]) >= len(parts):
+            return key  # a block we do not have (weights of a bigger variant): reported as unexpected
+        return f"stages.{stage}.{block}.{parts[int(m[3])]}.{m[4]}"
     if m := re.fullmatch(r"classifier\.1\.(.*)", key):
         return f"head.fc.{m[1]}"
     return key  # left as is: load_weights reports it as unexpected
@@ -226,7 +239,10 @@ _TIMM_NO_EXPAND = {"conv_dw": "dw.0", "bn1": "dw.1", "conv_pw": "project.0", "bn
 def _rename_timm(key: str, model: EfficientNet) -> str:
     if m := re.fullmatch(r"blocks\.(\d+)\.(\d+)\.(.+)\.(\w+)", key):
         stage, block = int(m[1]), int(m[2])
-        table = _TIMM_EXPAND if model.stages[stage][block].has_expand else _TIMM_NO_EXPAND
+        has_expand = _has_expand(model, stage, block)
+        if has_expand is None:
+            return key  # a block we do not have (weights of a bigger variant): reported as unexpected
+        table = _TIMM_EXPAND if has_expand else _TIMM_NO_EXPAND
         return f"stages.{stage}.{block}.{table.get(m[3], m[3])}.{m[4]}"
     if m := re.fullmatch(r"classifier\.(\w+)", key):
         return f"head.fc.{m[1]}"

@@ -187,6 +187,8 @@ def _rename_timm(key: str, model: Xception) -> str:
         return f"blocks.{int(m[1]) - 1}.shortcut.{1 if m[2] else 0}.{m[3]}"
     if m := re.fullmatch(r"block(\d+)\.rep\.(\d+)\.(.+)", key):
         block = int(m[1]) - 1
+        if not 0 <= block < len(model.blocks):
+            return key  # reported as unexpected by load_weights
         index = int(m[2]) + (0 if model.blocks[block].start_with_relu else 1)  # as if the leading ReLU were there
         unit, slot = divmod(index, 3)  # slot 1: separable conv, slot 2: BatchNorm
         rest = m[3]
