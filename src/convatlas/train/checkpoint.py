@@ -175,7 +175,12 @@ def unflatten_optimizer(tensors: dict[str, Tensor], rest: dict) -> dict:
     for name, value in list(tensors.items()) + list(rest["scalars"].items()):
         pid, key = name.split("/", 1)
         state.setdefault(int(pid), {})[key] = value
-    return {"state": state, "param_groups": rest["param_groups"]}
+    # JSON turned tuples (AdamW's betas) into lists; give them back as PyTorch wrote them.
+    groups = [
+        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+        for g in rest["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
 
 
 def rng_tensors() -> dict[str, Tensor]:
