@@ -69,12 +69,16 @@ def test_output_size_follows_the_tiling_rule():
             assert model(torch.empty(1, 1, size, size)).shape[-1] == output_size(size)
 
 
-def _reference_unet(model: UNet, x: torch.Tensor) -> torch.Tensor:
-    """The paper's forward pass written out with torch.nn.functional, reading the model's weights (valid padding)."""
+def _reference_unet(model: UNet, x: torch.Tensor, *, pad: int = 0, bn: bool = False, bilinear: bool = False):
+    """The forward pass written out with torch.nn.functional, reading the model's weights (eval-mode BatchNorm)."""
 
     def double(level, y):
         for block in level:
-            y = F.relu(F.conv2d(y, block[0].weight, block[0].bias))
+            y = F.conv2d(y, block[0].weight, block[0].bias, padding=pad)
+            if bn:
+                norm = block[1]
+                y = F.batch_norm(y, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+            y = F.relu(y)
         return y
 
     skips, y = [], x
@@ -83,7 +87,11 @@ def _reference_unet(model: UNet, x: torch.Tensor) -> torch.Tensor:
         skips.append(y)
     y = skips.pop()
     for up, dec in zip(model.up, model.dec, strict=True):
-        y = F.conv_transpose2d(y, up.weight, up.bias, stride=2)
+        if bilinear:
+            y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+            y = F.conv2d(y, up[1].weight, up[1].bias)
+        else:
+            y = F.conv_transpose2d(y, up.weight, up.bias, stride=2)
         skip = skips.pop()
         margin = (skip.shape[-1] - y.shape[-1]) // 2  # the paper's crop: the centre of the contracting map
         skip = skip[..., margin : margin + y.shape[-2], margin : margin + y.shape[-1]]
@@ -97,6 +105,19 @@ def test_valid_unet_matches_float64_reference():
     out = model(x)
     assert out.shape == (2, 3, 20, 20)  # 60 -> 56 -> 28 -> 24 -> 12 -> 8 -> 16 -> 12 -> 24 -> 20
     check_against(model, lambda t: _reference_unet(model, t), [x])
+
+
+def test_same_batch_norm_bilinear_matches_float64_reference():
+    model = UNet(in_channels=1, num_classes=2, widths=(4, 8, 16), padding="same", batch_norm=True, bilinear=True)
+    model = model.double().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 1, 16, 24, dtype=torch.float64, requires_grad=True)
+    check_against(model, lambda t: _reference_unet(model, t, pad=1, bn=True, bilinear=True), [x])
 
 
 @pytest.mark.parametrize(
