@@ -108,6 +108,8 @@ def test_params(capsys):
         (["arith", "rf", "3/0"], ["stride must be >= 1"]),
         (["arith", "params", "--in-channels", "4", "--out-channels", "four"], ["--out-channels must be an integer"]),
         (["tour", "--network", "lenet"], ["--network"]),
+        (["tour", "--size", "big"], ["--size must be an integer"]),
+        (["tour", "--size", "16"], ["alexnet layer 5 (MaxPool2d 3/2/0)", "pool_out", "= 1"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, words):

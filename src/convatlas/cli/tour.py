@@ -49,21 +49,28 @@ def network_arithmetic(name: str, size: int) -> str:
     layers: list[tuple[int, int, int, int]] = []
     length, total_params = size, 0
     for index, module in enumerate(features):
-        x = module(x)
         if isinstance(module, nn.ReLU):
             continue
         k, s, p, d = (_pair(getattr(module, a)) for a in ("kernel_size", "stride", "padding", "dilation"))
+        try:
+            if isinstance(module, nn.Conv2d):
+                length = arithmetic.conv_out(length, k, stride=s, padding=p, dilation=d)
+            else:
+                length = arithmetic.pool_out(length, k, stride=s, padding=p, dilation=d, ceil_mode=module.ceil_mode)
+        except ValueError as err:
+            raise ValueError(
+                f"{name} layer {index} ({type(module).__name__} {k}/{s}/{p}) on a {size} image: {err}"
+            ) from None
         if isinstance(module, nn.Conv2d):
-            length = arithmetic.conv_out(length, k, stride=s, padding=p, dilation=d)
             params = arithmetic.conv_params(module.in_channels, module.out_channels, (k, k))
             if params != sum(t.numel() for t in module.parameters()):
                 raise RuntimeError(f"layer {index}: conv_params gives {params:,}, PyTorch counts otherwise")
             total_params += params
             label = f"{index}: conv {module.in_channels}->{module.out_channels}"
         else:
-            length = arithmetic.pool_out(length, k, stride=s, padding=p, dilation=d, ceil_mode=module.ceil_mode)
             params = 0
             label = f"{index}: max pool"
+        x = module(x)  # after our arithmetic, so a too-small image is reported by conv_out/pool_out in words
         if (length, length) != tuple(x.shape[2:]):
             raise RuntimeError(f"layer {index}: arithmetic gives {length}, PyTorch {tuple(x.shape[2:])}")
         layers.append((k, s, p, d))
@@ -149,19 +156,15 @@ def separable_savings() -> str:
 
 
 def _tour(args: argparse.Namespace) -> int:
-    size = args.size
+    try:
+        size = int(args.size)
+    except ValueError:
+        raise ValueError(f"--size must be an integer, got {args.size!r}") from None
     if size < 1:
         raise ValueError(f"--size must be >= 1, got {size}")
     sections = [network_arithmetic(args.network, size), conv_matrix_demo(), separable_savings()]
     print("\n\n".join(sections))
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -172,5 +175,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--network", default="alexnet", help="alexnet (default) or vgg16")
-    parser.add_argument("--size", type=_positive_int, default=224, help="input image size (default 224)")
+    parser.add_argument("--size", default="224", help="input image size (default 224)")
     parser.set_defaults(handler=_tour)
