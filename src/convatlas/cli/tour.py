@@ -59,7 +59,7 @@ def network_arithmetic(name: str, size: int) -> str:
                 length = arithmetic.pool_out(length, k, stride=s, padding=p, dilation=d, ceil_mode=module.ceil_mode)
         except ValueError as err:
             raise ValueError(
-                f"{name} layer {index} ({type(module).__name__} {k}/{s}/{p}) on a {size} image: {err}"
+                f"{name} layer {index} ({type(module).__name__} {k}/{s}/{p}) on a {size}x{size} image: {err}"
             ) from None
         if isinstance(module, nn.Conv2d):
             params = arithmetic.conv_params(module.in_channels, module.out_channels, (k, k))
