@@ -7,8 +7,19 @@ import torch
 import torchvision
 
 from convatlas.nn import MultiScaleRoIAlign, RoIAlign, RoIPool
+from convatlas.ops.kernels import roi_pool as roi_pool_kernel
 from convatlas.ops.roi import assign_levels, boxes_to_rois, multi_scale_roi_align, roi_align, roi_pool
 from helpers import check_against
+
+
+@pytest.fixture(params=["c", "torch"])
+def pool_backend(request, monkeypatch):
+    """Run a RoI pool test on the C kernel and on the vectorised PyTorch path."""
+    if request.param == "torch":
+        monkeypatch.setenv("CONVATLAS_ROI_POOL_BACKEND", "torch")
+    else:
+        assert roi_pool_kernel.available(torch.device("cpu")), "gcc is available here, so the kernel must build"
+    return request.param
 
 
 def random_rois(k: int, batch: int, size: float, dtype=torch.float64, gen=None) -> torch.Tensor:
@@ -115,7 +126,7 @@ def test_roi_align_matches_slow_float64_loop(aligned):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_roi_align_and_pool_dtypes_and_layouts(dtype, layout):
+def test_roi_align_and_pool_dtypes_and_layouts(dtype, layout, pool_backend):
     base = torch.randn(2, 4, 10, 12, dtype=torch.float64)
     rois = random_rois(8, 2, 12.0).to(dtype)
     x = base.to(dtype)
@@ -136,7 +147,7 @@ def test_roi_align_and_pool_dtypes_and_layouts(dtype, layout):
     torch.testing.assert_close(pooled.double(), ref_pool, atol=tol, rtol=tol)
 
 
-def test_roi_pool_matches_torchvision_and_slow_loop():
+def test_roi_pool_matches_torchvision_and_slow_loop(pool_backend):
     x = torch.randn(2, 3, 12, 10, dtype=torch.float64, requires_grad=True)
     rois = random_rois(15, 2, 48.0)
     for scale in (0.25, 0.3):
@@ -148,14 +159,14 @@ def test_roi_pool_matches_torchvision_and_slow_loop():
         torch.testing.assert_close(roi_pool(x, rois, (4, 3), scale), slow_roi_pool(x.detach(), rois, (4, 3), scale))
 
 
-def test_roi_pool_rounds_halves_away_from_zero():
+def test_roi_pool_rounds_halves_away_from_zero(pool_backend):
     x = torch.arange(36, dtype=torch.float64).view(1, 1, 6, 6)
     rois = torch.tensor([[0, 0.5, 0.5, 2.5, 2.5]], dtype=torch.float64)  # rounds to cells 1..3 (torch.round: 0..2)
     ours = roi_pool(x, rois, 1, 1.0)
     assert ours.item() == torchvision.ops.roi_pool(x, rois, 1, 1.0).item() == x[0, 0, 3, 3].item()
 
 
-def test_gradcheck_roi_align_and_roi_pool():
+def test_gradcheck_roi_align_and_roi_pool(pool_backend):
     x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
     rois = torch.tensor([[0, 0.3, 0.7, 4.1, 3.9], [0, 1.2, -0.5, 5.5, 4.4]], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda inp: roi_align(inp, rois, (2, 2), 1.0, 2, True), (x,))
@@ -218,7 +229,7 @@ def test_bad_inputs_raise_clear_errors():
         multi_scale_roi_align([x, x], [torch.zeros(1, 4)], 2, scales=[0.25, 0.0625])
 
 
-def test_roi_pool_ties_send_the_gradient_to_the_first_maximum():
+def test_roi_pool_ties_send_the_gradient_to_the_first_maximum(pool_backend):
     x = torch.randn(1, 2, 9, 9, dtype=torch.float64).clamp(min=0).requires_grad_()  # ReLU-like: many tied zeros
     x.data[0, 1] = 1.0  # a constant channel: every bin is one big tie
     rois = random_rois(10, 1, 9.0)

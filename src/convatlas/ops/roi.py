@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from convatlas.ops.kernels import roi_pool as _roi_pool_kernel
+
 __all__ = ["assign_levels", "boxes_to_rois", "infer_scale", "multi_scale_roi_align", "roi_align", "roi_pool"]
 
 # elements per gathered temporary (the roi loop is chunked so this bounds memory)
@@ -230,6 +232,9 @@ def roi_pool(
     out = flat.new_zeros((k, ph, pw, c))
     if k == 0:
         return out.permute(0, 3, 1, 2).to(input.dtype)
+    if _roi_pool_kernel.available(input.device):  # C kernel: a direct scan, as the reference does
+        out = _roi_pool_kernel.RoIPoolFunction.apply(input.to(compute), rois, (ph, pw), float(spatial_scale))
+        return out.to(input.dtype)
     scale = torch.tensor(spatial_scale, dtype=compute)
     start = _round_half_away(rois[:, 1:3] * scale).long()  # (k, 2): x, y
     end = _round_half_away(rois[:, 3:5] * scale).long()
@@ -244,11 +249,11 @@ def roi_pool(
 
     x_lo, x_hi = bins(0, pw, w)
     y_lo, y_hi = bins(1, ph, h)
+    batch = rois[:, 0].long()
+    lowest = torch.finfo(compute).min  # the reference starts each non-empty bin at -FLT_MAX
     # boxes are grouped by their largest bin (rows, columns) so small boxes do not pay for the scan of large ones
     span_y = (y_hi - y_lo).amax(dim=1).clamp(min=0)
     span_x = (x_hi - x_lo).amax(dim=1).clamp(min=0)
-    batch = rois[:, 0].long()
-    lowest = torch.finfo(compute).min  # the reference starts each non-empty bin at -FLT_MAX
     pieces, order = [], []
     for sy, sx in torch.unique(torch.stack([span_y, span_x], dim=1), dim=0).tolist():
         group = torch.nonzero((span_y == sy) & (span_x == sx)).flatten()

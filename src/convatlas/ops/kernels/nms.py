@@ -219,15 +219,28 @@ def _cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _build(path: Path) -> None:
+def _build(path: Path, source: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        src = Path(tmp) / "nms.c"
-        src.write_text(_C_SOURCE)
+        src = Path(tmp) / "kernel.c"
+        src.write_text(source)
         out = Path(tmp) / path.name
         cc = os.environ.get("CC", "gcc")
         subprocess.run([cc, *_CFLAGS, str(src), "-o", str(out), "-lm"], check=True, capture_output=True, timeout=120)
         os.replace(out, path)  # atomic: concurrent processes either see the old state or the finished library
+
+
+def compile_library(name: str, source: str) -> ctypes.CDLL:
+    """Compile C ``source`` with gcc into the kernel cache (once per source hash) and load it.
+
+    Raises:
+        OSError, subprocess.SubprocessError: when there is no compiler or the build fails.
+    """
+    digest = hashlib.sha256((source + " ".join(_CFLAGS)).encode()).hexdigest()[:16]
+    path = _cache_dir() / f"convatlas_{name}_{digest}.so"
+    if not path.exists():
+        _build(path, source)
+    return ctypes.CDLL(str(path))
 
 
 def load_library() -> ctypes.CDLL | None:
@@ -235,12 +248,8 @@ def load_library() -> ctypes.CDLL | None:
     global _lib, _lib_failed
     if _lib is not None or _lib_failed:
         return _lib
-    digest = hashlib.sha256((_C_SOURCE + " ".join(_CFLAGS)).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"convatlas_nms_{digest}.so"
     try:
-        if not path.exists():
-            _build(path)
-        lib = ctypes.CDLL(str(path))
+        lib = compile_library("nms", _C_SOURCE)
         for name in ("nms_f32", "nms_f64"):
             fn = getattr(lib, name)
             fn.restype = ctypes.c_int64

@@ -1,0 +1,168 @@
+"""RoI pool's argmax on CPU as a small C kernel (built like the NMS kernel: gcc on first use, ctypes, cached).
+
+The kernel only finds, for every (box, channel, bin), the position of the first strict maximum in row-major order,
+with torchvision's bin arithmetic in the input's float type. :func:`convatlas.ops.roi.roi_pool` then gathers the
+output at those positions, so autograd sends each gradient to exactly that cell. Codes: ``-1`` for an empty bin
+(output 0), ``-2`` for a non-empty bin without a value above ``-FLT_MAX`` (output ``-FLT_MAX``, as the reference).
+When the kernel cannot be built, ``roi_pool`` uses its vectorised PyTorch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import warnings
+
+import torch
+from torch import Tensor
+
+from convatlas.ops.kernels.nms import compile_library
+
+_C_SOURCE = r"""
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+
+#define DEFINE_ROI_POOL(SUFFIX, T, LOWEST)                                                                         \
+void roi_pool_argmax_##SUFFIX(const T *input, int64_t channels, int64_t height, int64_t width, const T *rois,      \
+                              int64_t k, int64_t ph_n, int64_t pw_n, double scale_d, int64_t *argmax,             \
+                              T *output, int64_t *bounds) {                                                         \
+    const T scale = (T)scale_d;                                                                                     \
+    int64_t *hs = bounds, *he = bounds + ph_n, *ws = bounds + 2 * ph_n, *we = bounds + 2 * ph_n + pw_n;             \
+    for (int64_t r = 0; r < k; r++) {                                                                               \
+        const T *roi = rois + 5 * r;                                                                                \
+        int64_t b = (int64_t)roi[0];                                                                                \
+        int64_t sw = (int64_t)round(roi[1] * scale), sh = (int64_t)round(roi[2] * scale);                           \
+        int64_t ew = (int64_t)round(roi[3] * scale), eh = (int64_t)round(roi[4] * scale);                           \
+        int64_t rw = ew - sw + 1 > 1 ? ew - sw + 1 : 1, rh = eh - sh + 1 > 1 ? eh - sh + 1 : 1;                     \
+        T bin_h = (T)rh / (T)ph_n, bin_w = (T)rw / (T)pw_n;                                                         \
+        /* bin bounds once per box, torchvision's arithmetic in T */                                                \
+        for (int64_t ph = 0; ph < ph_n; ph++) {                                                                     \
+            int64_t lo = (int64_t)floor((T)ph * bin_h) + sh, hi = (int64_t)ceil((T)(ph + 1) * bin_h) + sh;          \
+            hs[ph] = lo < 0 ? 0 : lo > height ? height : lo;                                                        \
+            he[ph] = hi < 0 ? 0 : hi > height ? height : hi;                                                        \
+        }                                                                                                           \
+        for (int64_t pw = 0; pw < pw_n; pw++) {                                                                     \
+            int64_t lo = (int64_t)floor((T)pw * bin_w) + sw, hi = (int64_t)ceil((T)(pw + 1) * bin_w) + sw;          \
+            ws[pw] = lo < 0 ? 0 : lo > width ? width : lo;                                                          \
+            we[pw] = hi < 0 ? 0 : hi > width ? width : hi;                                                          \
+        }                                                                                                           \
+        for (int64_t c = 0; c < channels; c++) {                                                                    \
+            const T *plane = input + (b * channels + c) * height * width;                                          \
+            int64_t *out = argmax + (r * channels + c) * ph_n * pw_n;                                               \
+            T *val = output + (r * channels + c) * ph_n * pw_n;                                                     \
+            for (int64_t ph = 0; ph < ph_n; ph++)                                                                   \
+                for (int64_t pw = 0; pw < pw_n; pw++) {                                                             \
+                    if (he[ph] <= hs[ph] || we[pw] <= ws[pw]) {                                                     \
+                        out[ph * pw_n + pw] = -1;                                                                   \
+                        val[ph * pw_n + pw] = 0;                                                                    \
+                        continue;                                                                                   \
+                    }                                                                                               \
+                    T best = LOWEST;                                                                                \
+                    int64_t arg = -2;                                                                               \
+                    for (int64_t y = hs[ph]; y < he[ph]; y++) {                                                     \
+                        const T *line = plane + y * width;                                                          \
+                        for (int64_t x = ws[pw]; x < we[pw]; x++)                                                   \
+                            if (line[x] > best) { best = line[x]; arg = y * width + x; }                            \
+                    }                                                                                               \
+                    out[ph * pw_n + pw] = arg;                                                                      \
+                    val[ph * pw_n + pw] = best;                                                                     \
+                }                                                                                                   \
+        }                                                                                                           \
+    }                                                                                                               \
+}
+
+DEFINE_ROI_POOL(f32, float, -FLT_MAX)
+DEFINE_ROI_POOL(f64, double, -DBL_MAX)
+"""
+
+_lib: ctypes.CDLL | None = None
+_lib_failed = False
+
+
+def load_library() -> ctypes.CDLL | None:
+    """The compiled kernel, built on first use; ``None`` when it cannot be built (warns once)."""
+    global _lib, _lib_failed
+    if _lib is not None or _lib_failed:
+        return _lib
+    try:
+        lib = compile_library("roi_pool", _C_SOURCE)
+        for name in ("roi_pool_argmax_f32", "roi_pool_argmax_f64"):
+            fn = getattr(lib, name)
+            fn.restype = None
+            fn.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 3, ctypes.c_void_p, *[ctypes.c_int64] * 3]
+            fn.argtypes += [ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        _lib = lib
+    except (OSError, subprocess.SubprocessError, AttributeError) as exc:
+        _lib_failed = True
+        warnings.warn(f"convatlas: C RoI pool kernel unavailable ({exc}); using the PyTorch path", stacklevel=3)
+    return _lib
+
+
+def available(device: torch.device) -> bool:
+    """Whether :func:`argmax` can run for tensors on ``device`` (CPU, kernel built, not forced off)."""
+    if device.type != "cpu" or os.environ.get("CONVATLAS_ROI_POOL_BACKEND") == "torch":
+        return False
+    return load_library() is not None
+
+
+def pool(input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float) -> tuple[Tensor, Tensor]:
+    """Each bin's maximum and the position (``y * W + x``) of its first occurrence; -1 (empty bin, value 0) or
+    -2 (nothing above -FLT_MAX, value -FLT_MAX) where there is none.
+
+    Args:
+        input (Tensor[N, C, H, W]): float32 or float64 feature map on CPU.
+        rois (Tensor[K, 5]): (batch index, x1, y1, x2, y2), batch indices validated.
+        output_size: ``(PH, PW)``.
+        spatial_scale: image-to-feature factor.
+
+    Returns:
+        (Tensor[K, C, PH, PW], Tensor[K, C, PH, PW]): the values (dtype of ``input``) and int64 positions.
+    """
+    x = input.detach().contiguous()
+    r = rois.detach().to(x.dtype).contiguous()
+    n, c, h, w = x.shape
+    ph, pw = output_size
+    arg = torch.empty((len(r), c, ph, pw), dtype=torch.int64)
+    out = torch.empty((len(r), c, ph, pw), dtype=x.dtype)
+    bounds = torch.empty(2 * (ph + pw), dtype=torch.int64)  # workspace: bin bounds of one box
+    lib = load_library()
+    fn = lib.roi_pool_argmax_f64 if x.dtype == torch.float64 else lib.roi_pool_argmax_f32
+    fn(
+        x.data_ptr(),
+        c,
+        h,
+        w,
+        r.data_ptr(),
+        len(r),
+        ph,
+        pw,
+        float(spatial_scale),
+        arg.data_ptr(),
+        out.data_ptr(),
+        bounds.data_ptr(),
+    )
+    return out, arg
+
+
+class RoIPoolFunction(torch.autograd.Function):
+    """RoI pool on CPU through the C kernel; backward adds each output gradient at its bin's argmax."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float) -> Tensor:
+        out, arg = pool(input, rois, output_size, spatial_scale)
+        ctx.save_for_backward(rois, arg)
+        ctx.input_shape = input.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        rois, arg = ctx.saved_tensors
+        n, c, h, w = ctx.input_shape
+        plane = rois[:, 0].long()[:, None] * c + torch.arange(c)[None, :]  # (K, C): index of the (b, c) plane
+        pos = plane[:, :, None, None] * (h * w) + arg  # (K, C, PH, PW) into the flat input
+        valid = arg >= 0
+        grad_in = grad_out.new_zeros(n * c * h * w)
+        grad_in.index_add_(0, pos[valid], grad_out[valid])
+        return grad_in.view(n, c, h, w), None, None, None
