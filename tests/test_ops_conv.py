@@ -253,6 +253,11 @@ def test_pointwise_depthwise_separable():
         (lambda: conv_transpose1d(torch.zeros(1, 2, 3), torch.zeros(2, 1, 3), method="fft"), ValueError, ["'fft'"]),
         (lambda: pointwise_conv(torch.zeros(1, 3, 4, 4), torch.zeros(2, 3, 3, 3)), ValueError, ["[C_out, C_in]"]),
         (lambda: depthwise_conv(torch.zeros(1, 3, 4, 4), torch.zeros(3, 2, 3, 3)), ValueError, ["C*m, 1"]),
+        (
+            lambda: conv2d(torch.zeros(1, 3, 4, 4), torch.zeros(2, 3, 3, 3, dtype=F64)),
+            TypeError,
+            ["weight is torch.float64", "input is torch.float32"],
+        ),
     ],
 )
 def test_errors(call, error, words):

@@ -1,9 +1,12 @@
 """Thin modules over :mod:`convatlas.ops.conv`: pointwise, depthwise and depthwise-separable convolution.
 
 Each module holds its hyperparameters and weights (initialised as ``torch.nn.Conv2d`` does, with the same weight
-shapes so state dicts are interchangeable) and calls the op. :class:`SeparableConv2d` is the building block of
-Xception (Chollet 2017: depthwise then pointwise, no nonlinearity between) and MobileNet v1 (Howard et al. 2017:
-depthwise-BN-ReLU then pointwise-BN-ReLU); the norm and activation at each step are options.
+shapes so state dicts are interchangeable) and calls the op. They are not ``nn.Conv2d`` subclasses: a model's
+``isinstance(m, nn.Conv2d)`` initialisation loop skips them (call ``reset_parameters`` or initialise ``m.weight``).
+
+:class:`SeparableConv2d` is the building block of Xception (Chollet 2017: depthwise then pointwise, no nonlinearity
+between) and MobileNet v1 (Howard et al. 2017: depthwise-BN-ReLU then pointwise-BN-ReLU); the norm and activation at
+each step are options.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ class PointwiseConv2d(nn.Module):
         self.stride = _positive("stride", stride, "PointwiseConv2d")
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 1, 1))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise as ``torch.nn.Conv2d`` does."""
         _init_conv(self.weight, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -89,6 +96,10 @@ class DepthwiseConv2d(nn.Module):
         self.out_channels = channels * multiplier
         self.weight = nn.Parameter(torch.empty(self.out_channels, 1, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(self.out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise as ``torch.nn.Conv2d`` does."""
         _init_conv(self.weight, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -93,6 +93,12 @@ def _check_tensors(input: Tensor, weight: Tensor, bias: Tensor | None, nd: int, 
         raise ValueError(f"{where}: weight must have {nd + 2} dimensions, got shape {tuple(weight.shape)}")
     if bias is not None and (not isinstance(bias, Tensor) or bias.dim() != 1):
         raise ValueError(f"{where}: bias must be a 1-D Tensor, got {getattr(bias, 'shape', bias)!r}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dtype != input.dtype or t.device != input.device):
+            raise TypeError(
+                f"{where}: {name} is {t.dtype} on {t.device} but input is {input.dtype} on {input.device}; "
+                f"they must match"
+            )
     return input if input.dim() == nd + 2 else input.unsqueeze(0)
 
 
