@@ -526,17 +526,17 @@ def depthwise_conv(
     Returns:
         Tensor[N, C * m, *spatial_out].
     """
+    where = "depthwise_conv"
     if not isinstance(input, Tensor) or not isinstance(weight, Tensor):
-        raise TypeError("depthwise_conv: input and weight must be Tensors")
+        raise TypeError(f"{where}: input and weight must be Tensors")
     if weight.dim() < 3 or weight.shape[1] != 1:
-        raise ValueError(f"depthwise_conv: weight must be Tensor[C*m, 1, *kernel], got {tuple(weight.shape)}")
+        raise ValueError(f"{where}: weight must be Tensor[C*m, 1, *kernel], got {tuple(weight.shape)}")
     nd = weight.dim() - 2
     if nd not in (1, 2) or input.dim() != nd + 2:
         raise ValueError(
-            f"depthwise_conv: input must be Tensor[N, C, L] or [N, C, H, W] matching the weight's {nd}-D kernel, "
+            f"{where}: input must be Tensor[N, C, L] or [N, C, H, W] matching the weight's {nd}-D kernel, "
             f"got {tuple(input.shape)}"
         )
-    where = "depthwise_conv"
     channels = input.shape[1]
     if weight.shape[0] % channels:
         raise ValueError(
@@ -569,7 +569,7 @@ def depthwise_conv(
         out = view * tap_weight if out is None else out.addcmul_(view, tap_weight)  # accumulate in place
     if bias is not None:
         out = out + bias.view(1, -1, *([1] * nd))
-    return out if input.dim() == nd + 2 else out.squeeze(0)
+    return out
 
 
 def separable_conv(
