@@ -822,7 +822,7 @@ def _reduced_dims(x, dims) -> set[int]:
 def _rule_reduce(tracer, func, args, kwargs, out):
     x = args[0]
     packet = func.overloadpacket
-    if packet in (aten._softmax, aten._log_softmax, aten.cumsum, aten.logcumsumexp):
+    if packet in (aten._softmax, aten._log_softmax, aten._safe_softmax, aten.cumsum, aten.logcumsumexp):
         dims, keep, same_shape = {int(args[1]) % x.dim()}, True, True
     else:
         same_shape = False
@@ -989,6 +989,16 @@ def _rule_mm(tracer, func, args, kwargs, out):
     return _merge(operands, _shape(out), tracer.where(), tracer.notes)
 
 
+def _rule_glu(tracer, func, args, kwargs, out):
+    # glu(x, dim) = a * sigmoid(b) with (a, b) the two halves of x along dim: position i reads i and i + n/2
+    x = args[0]
+    dim = int(args[1]) % x.dim() if len(args) > 1 else x.dim() - 1
+    half = x.shape[dim] // 2
+    first = _slice_state(tracer.state(x), dim, 0, half, 1)
+    second = _slice_state(tracer.state(x), dim, half, 2 * half, 1)
+    return _merge([(first, _shape(out)), (second, _shape(out))], _shape(out), tracer.where(), tracer.notes)
+
+
 def _rule_embedding(tracer, func, args, kwargs, out):
     return tracer.state(args[1])  # (N, T) indices -> (N, T, E): the index dimensions keep their fields
 
@@ -1041,6 +1051,7 @@ _RULES = {
     aten.linalg_vector_norm: _rule_reduce,
     aten._softmax: _rule_reduce,
     aten._log_softmax: _rule_reduce,
+    aten._safe_softmax: _rule_reduce,
     aten.convolution: _rule_conv,
     aten._convolution: _rule_conv,
     aten.max_pool1d: _rule_pool,
@@ -1071,6 +1082,7 @@ _RULES = {
     aten.bmm: _rule_mm,
     aten.baddbmm: _rule_mm,
     aten.embedding: _rule_embedding,
+    aten.glu: _rule_glu,
     aten.as_strided: _rule_as_strided,
     aten.as_strided_: _rule_as_strided,
     aten.roll: _rule_roll,

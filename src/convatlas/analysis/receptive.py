@@ -243,13 +243,13 @@ class _Linearize(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _positive_parameters(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _positive_parameters(model: nn.Module, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
     """Weights ``1 / fan_in`` (a constant input stays near 1), biases 0, other 1-d parameters (scales) 1."""
     params = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         fan_in = p[0].numel() if p.dim() > 1 else 1
         value = 0.0 if p.dim() == 1 and name.rsplit(".", 1)[-1] == "bias" else 1.0 / fan_in
-        params[name] = torch.full(p.shape, value, dtype=dtype, device=p.device)
+        params[name] = torch.full((), value, dtype=dtype, device=device).expand(p.shape)  # no memory per weight
     return params
 
 
@@ -258,24 +258,27 @@ def gradient_support(
     input_size,
     *,
     layer: str,
-    unit: tuple[int, ...] | None = None,
+    units: list[tuple[int, ...]] | None = None,
     spatial: tuple[int, ...] | None = None,
     dtype: torch.dtype = torch.float32,
-) -> tuple[list[tuple[int, int]], tuple[int, ...]]:
-    """First and last input position, per spatial dimension, whose gradient is non-zero for one output position.
+) -> tuple[list[list[tuple[int, int]]], tuple[int, ...]]:
+    """First and last input position, per spatial dimension, whose gradient is non-zero for given output positions.
 
-    The network is linearised and made positive (see the module docstring), so the support is exact.
+    The network is linearised and made positive (see the module docstring), so each support is exact. One forward
+    pass, one backward pass per position. A model on the ``meta`` device runs on the CPU (its weights are replaced
+    anyway).
 
     Args:
         model: the network.
         input_size: input without the batch dimension, ``(C, H, W)``.
         layer: module path of the tensor (``""``: the model's output).
-        unit: the position along the tensor's spatial dimensions; by default the centre (``L // 2``).
+        units: positions along the tensor's spatial dimensions; by default the centre (``L // 2`` each).
         spatial: the tensor dimensions holding the spatial dimensions; by default ``2, 3, ...``.
         dtype: computing dtype.
 
     Returns:
-        ``([(first, last) per input spatial dimension], output_shape)``.
+        ``(supports, output_shape)``: for each unit, ``[(first, last) per input spatial dimension]``;
+        ``(-1, -1)`` where the unit reads no input along that dimension.
     """
     size = check_input_size(input_size)
     dims = list(spatial_dims(size))
@@ -283,40 +286,40 @@ def gradient_support(
     if layer not in modules:
         raise ValueError(f"layer {layer!r} is not a module of this model")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device("cpu") if device.type == "meta" else device
     x = torch.ones((1, *size), dtype=dtype, device=device, requires_grad=True)
     captured = []
     handle = modules[layer].register_forward_hook(lambda m, a, o: captured.append(o))
     training = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        params = _positive_parameters(model, dtype)
-        buffers = {n: (b.to(dtype) if b.is_floating_point() else b) for n, b in model.named_buffers()}
+        params = _positive_parameters(model, dtype, device)
+        buffers = {}
+        for name, b in model.named_buffers():
+            b = torch.zeros(b.shape, dtype=b.dtype, device=device) if b.device.type == "meta" else b.to(device)
+            buffers[name] = b.to(dtype) if b.is_floating_point() else b
         with _Linearize():
             torch.func.functional_call(model, {**params, **buffers}, (x,), tie_weights=True)
     finally:
         handle.remove()
         for m, flag in training.items():
             m.train(flag)
-    out = captured[-1]
-    out = (
-        out
-        if isinstance(out, torch.Tensor)
-        else next(t for t in torch.utils._pytree.tree_flatten(out)[0] if isinstance(t, torch.Tensor))
-    )
+    out = next(t for t in torch.utils._pytree.tree_flatten(captured[-1])[0] if isinstance(t, torch.Tensor))
     spatial = tuple(spatial) if spatial is not None else tuple(range(2, out.dim()))
-    unit = tuple(unit) if unit is not None else tuple(out.shape[d] // 2 for d in spatial)
-    index = [0] + [slice(None)] * (out.dim() - 1)
-    for d, u in zip(spatial, unit, strict=True):
-        index[d] = u
-    (grad,) = torch.autograd.grad(out[tuple(index)].sum(), x)
-    support = []
-    for d in dims:
-        other = [a for a in range(grad.dim()) if a != d]
-        nonzero = torch.nonzero(grad.abs().amax(dim=other) > 0).flatten()
-        if len(nonzero) == 0:
-            raise ValueError(f"layer {layer!r}: output position {unit} does not depend on the input")
-        support.append((int(nonzero[0]), int(nonzero[-1])))
-    return support, tuple(out.shape)
+    units = list(units) if units is not None else [tuple(out.shape[d] // 2 for d in spatial)]
+    supports = []
+    for i, unit in enumerate(units):
+        index = [0] + [slice(None)] * (out.dim() - 1)
+        for d, u in zip(spatial, unit, strict=True):
+            index[d] = u
+        (grad,) = torch.autograd.grad(out[tuple(index)].sum(), x, retain_graph=i < len(units) - 1)
+        support = []
+        for d in dims:
+            other = [a for a in range(grad.dim()) if a != d]
+            nonzero = torch.nonzero(grad.abs().amax(dim=other) > 0).flatten()
+            support.append((int(nonzero[0]), int(nonzero[-1])) if len(nonzero) else (-1, -1))
+        supports.append(support)
+    return supports, tuple(out.shape)
 
 
 def empirical_receptive_field(
@@ -325,27 +328,38 @@ def empirical_receptive_field(
     """Receptive field measured from input gradients (see :func:`gradient_support`).
 
     The size is the support of the centre position; the jump is the shift of the support between the centre
-    position and its neighbour; the start follows from both. Positions whose field reaches past the input are
-    clipped by it, so give an input larger than the field to measure the full size.
+    position and its neighbour; the start follows from both. A field that reaches past the input is clipped by it
+    (a note says so): give an input larger than the field to measure its full size.
     """
     size = check_input_size(input_size)
-    centre, shape = gradient_support(model, size, layer=layer, dtype=dtype)
+    lengths = list(spatial_dims(size).values())
+    (centre,), shape = gradient_support(model, size, layer=layer, dtype=dtype)
     spatial = tuple(range(2, len(shape)))
     unit = tuple(shape[d] // 2 for d in spatial)
-    sizes, jumps, starts = [], [], []
+    neighbours = []
     for i, d in enumerate(spatial):
-        lo, hi = centre[i]
+        moved = list(unit)
+        moved[i] = unit[i] - 1 if unit[i] > 0 else min(unit[i] + 1, shape[d] - 1)
+        neighbours.append(tuple(moved))
+    others, _ = gradient_support(model, size, layer=layer, units=neighbours, dtype=dtype) if neighbours else ([], 0)
+    notes = list(notes)
+    sizes, jumps, starts = [], [], []
+    for i, (lo, hi) in enumerate(centre):
+        if lo < 0:
+            raise ValueError(f"layer {layer!r}: output position {unit} does not depend on the input")
         sizes.append(hi - lo + 1)
-        if shape[d] > 1:
-            neighbour = list(unit)
-            neighbour[i] = unit[i] - 1 if unit[i] > 0 else unit[i] + 1
-            other, _ = gradient_support(model, size, layer=layer, unit=tuple(neighbour), dtype=dtype)
-            step = (lo + hi - other[i][0] - other[i][1]) / 2 / (unit[i] - neighbour[i])
-        else:
-            step = 0
-        step = int(step) if float(step).is_integer() else step
+        step = 0
+        if i < len(spatial) and neighbours[i][i] != unit[i]:
+            olo, ohi = others[i][i]
+            step = (lo + hi - olo - ohi) / 2 / (unit[i] - neighbours[i][i])
+            step = int(step) if float(step).is_integer() else step
         jumps.append(step)
-        starts.append((lo + hi) / 2 - unit[i] * step)
+        starts.append((lo + hi) / 2 - (unit[i] if i < len(unit) else 0) * step)
+        if lo == 0 or hi == lengths[i] - 1:
+            notes.append(
+                f"dimension {i}: the measured field of the centre position reaches the input border "
+                f"({lo}..{hi} of 0..{lengths[i] - 1}); it is clipped, give a larger input for the full size"
+            )
     return ReceptiveField(
         size=tuple(sizes),
         jump=tuple(jumps),
