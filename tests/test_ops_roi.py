@@ -172,6 +172,7 @@ def test_gradcheck_roi_align_and_roi_pool(pool_backend):
     assert torch.autograd.gradcheck(lambda inp: roi_align(inp, rois, (2, 2), 1.0, 2, True), (x,))
     assert torch.autograd.gradcheck(lambda inp: roi_align(inp, rois, (3, 2), 0.8, -1, False), (x,))
     assert torch.autograd.gradcheck(lambda inp: roi_pool(inp, rois, (2, 3), 1.0), (x,))
+    assert torch.autograd.gradgradcheck(lambda inp: roi_pool(inp, rois, (2, 3), 1.0), (x,))
 
 
 def test_list_of_boxes_equals_tensor_form():

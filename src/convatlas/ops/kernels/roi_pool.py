@@ -75,6 +75,23 @@ void roi_pool_argmax_##SUFFIX(const T *input, int64_t channels, int64_t height, 
 
 DEFINE_ROI_POOL(f32, float, -FLT_MAX)
 DEFINE_ROI_POOL(f64, double, -DBL_MAX)
+
+/* Backward: each output gradient goes to its bin's argmax (none for argmax < 0). grad_in must be zeroed. */
+#define DEFINE_ROI_POOL_BACKWARD(SUFFIX, T)                                                                        \
+void roi_pool_backward_##SUFFIX(const T *grad_out, const int64_t *argmax, const int64_t *batch, int64_t k,         \
+                                int64_t channels, int64_t bins, int64_t plane_size, T *grad_in) {                 \
+    for (int64_t r = 0; r < k; r++)                                                                                 \
+        for (int64_t c = 0; c < channels; c++) {                                                                    \
+            T *plane = grad_in + (batch[r] * channels + c) * plane_size;                                            \
+            const int64_t *arg = argmax + (r * channels + c) * bins;                                                \
+            const T *g = grad_out + (r * channels + c) * bins;                                                      \
+            for (int64_t i = 0; i < bins; i++)                                                                      \
+                if (arg[i] >= 0) plane[arg[i]] += g[i];                                                             \
+        }                                                                                                           \
+}
+
+DEFINE_ROI_POOL_BACKWARD(f32, float)
+DEFINE_ROI_POOL_BACKWARD(f64, double)
 """
 
 _lib: ctypes.CDLL | None = None
@@ -93,6 +110,10 @@ def load_library() -> ctypes.CDLL | None:
             fn.restype = None
             fn.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 3, ctypes.c_void_p, *[ctypes.c_int64] * 3]
             fn.argtypes += [ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        for name in ("roi_pool_backward_f32", "roi_pool_backward_f64"):
+            fn = getattr(lib, name)
+            fn.restype = None
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 4, ctypes.c_void_p]
         _lib = lib
     except (OSError, subprocess.SubprocessError, AttributeError) as exc:
         _lib_failed = True
@@ -160,9 +181,25 @@ class RoIPoolFunction(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         rois, arg = ctx.saved_tensors
         n, c, h, w = ctx.input_shape
-        plane = rois[:, 0].long()[:, None] * c + torch.arange(c)[None, :]  # (K, C): index of the (b, c) plane
-        pos = plane[:, :, None, None] * (h * w) + arg  # (K, C, PH, PW) into the flat input
-        valid = arg >= 0
-        grad_in = grad_out.new_zeros(n * c * h * w)
-        grad_in.index_add_(0, pos[valid], grad_out[valid])
-        return grad_in.view(n, c, h, w), None, None, None
+        if grad_out.dtype not in (torch.float32, torch.float64) or grad_out.requires_grad:
+            # double backward or an unusual dtype: the same scatter in PyTorch ops
+            plane = rois[:, 0].long()[:, None] * c + torch.arange(c)[None, :]  # (K, C): index of the (b, c) plane
+            pos = plane[:, :, None, None] * (h * w) + arg.clamp(min=0)  # (K, C, PH, PW) into the flat input
+            grad = torch.where(arg >= 0, grad_out, 0)
+            grad_in = grad_out.new_zeros(n * c * h * w).index_add(0, pos.flatten(), grad.flatten())
+            return grad_in.view(n, c, h, w), None, None, None
+        g = grad_out.contiguous()
+        batch = rois[:, 0].long().contiguous()
+        grad_in = torch.zeros((n, c, h, w), dtype=g.dtype)
+        fn = load_library().roi_pool_backward_f64 if g.dtype == torch.float64 else load_library().roi_pool_backward_f32
+        fn(
+            g.data_ptr(),
+            arg.data_ptr(),
+            batch.data_ptr(),
+            len(batch),
+            c,
+            arg.shape[2] * arg.shape[3],
+            h * w,
+            grad_in.data_ptr(),
+        )
+        return grad_in, None, None, None
