@@ -207,3 +207,21 @@ def test_tiny_overfit_losses_go_down():
     first, last = history[0], history[-1]
     assert sum(last.values()) < 0.5 * sum(first.values())
     assert last["loss_classifier"] < first["loss_classifier"] and last["loss_objectness"] < first["loss_objectness"]
+
+
+def test_precise_batch_norm_sets_population_statistics():
+    # Reference: the mean and (unbiased) variance of the first batch-norm layer's input, recorded by a hook.
+    from convatlas.train.detection import precise_batch_norm
+
+    image, target = _scene()
+    model = create_model("faster_rcnn", **SMALL)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    hook = bn.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach().clone()))
+    dataset = [(image, target), (image.flip(2), {"boxes": target["boxes"], "labels": target["labels"]})]
+    assert precise_batch_norm(model, dataset, cache=None, device="cpu", num_images=2, batch_size=2) > 0
+    hook.remove()
+    x = seen[0].transpose(0, 1).flatten(1)  # (C, N*H*W)
+    torch.testing.assert_close(bn.running_mean, x.mean(dim=1))
+    torch.testing.assert_close(bn.running_var, x.var(dim=1, unbiased=True))
+    assert bn.momentum == 0.01 and not model.training
