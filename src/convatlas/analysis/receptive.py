@@ -246,7 +246,7 @@ class _Linearize(TorchFunctionMode):
 def _positive_parameters(model: nn.Module, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
     """Weights ``1 / fan_in`` (a constant input stays near 1), biases 0, other 1-d parameters (scales) 1."""
     params = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
+    for name, p in model.named_parameters():
         fan_in = p[0].numel() if p.dim() > 1 else 1
         value = 0.0 if p.dim() == 1 and name.rsplit(".", 1)[-1] == "bias" else 1.0 / fan_in
         params[name] = torch.full((), value, dtype=dtype, device=device).expand(p.shape)  # no memory per weight

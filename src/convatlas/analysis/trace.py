@@ -152,8 +152,8 @@ def _run(model: nn.Module, size, dtype, fields: bool, device: str) -> Trace:
             x = torch.zeros((1, *size), dtype=dtype, device=device)
         with torch.no_grad():
             if device == "meta":
-                params = {n: t.to("meta") for n, t in model.named_parameters(remove_duplicate=False)}
-                params.update({n: t.to("meta") for n, t in model.named_buffers(remove_duplicate=False)})
+                params = {n: t.to("meta") for n, t in model.named_parameters()}
+                params.update({n: t.to("meta") for n, t in model.named_buffers()})
                 with tracer:
                     tracer.seed(x)
                     out = torch.func.functional_call(model, params, (x,), tie_weights=True)
