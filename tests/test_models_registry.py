@@ -11,7 +11,6 @@ References: the model's own eager forward (fx, channels_last, torch.compile, ONN
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 import pytest
@@ -55,18 +54,23 @@ def test_forward_backward_and_feature_info(name):
     if info is None:
         assert model_info(name).task != "classification", f"{name}: an image classifier must declare feature_info"
         return
+    side = x.shape[-1]
+    bigger = torch.randn(1, x.shape[1], side + 32, side + 32)
     with torch.no_grad():
         stages = model.eval().forward_stages(x)
+        grown = model.forward_stages(bigger)
     assert len(stages) == len(info), f"{name}: {len(stages)} stage outputs, {len(info)} feature_info entries"
     modules = dict(model.named_modules())
-    side = x.shape[-1]
-    for entry, feat in zip(info, stages, strict=True):
+    for entry, feat, feat_grown in zip(info, stages, grown, strict=True):
         where = f"{name}: stage {entry['module']} gave {tuple(feat.shape)}"
         assert entry["module"] in modules, f"{name}: feature_info names a missing module {entry['module']!r}"
         assert feat.shape[:2] == (2, entry["num_chs"]), f"{where}, declared {entry['num_chs']} channels"
-        # Valid (unpadded) convolutions lose a few pixels, so the reduction is the nearest power of two.
-        measured = 2 ** round(math.log2(side / feat.shape[-1]))
-        assert measured == entry["reduction"], f"{where}, declared reduction {entry['reduction']}, measured {measured}"
+        # The reduction is the map's stride: 32 more input pixels give 32 / r more positions, whatever the border
+        # losses of unpadded convolutions (Xception's stem, the 2015 U-Net).
+        grown_hw = tuple(feat_grown.shape[-2:])
+        expect = (feat.shape[-2] + 32 // entry["reduction"], feat.shape[-1] + 32 // entry["reduction"])
+        assert grown_hw == expect, f"{where}, {grown_hw} at +32 px: not reduction {entry['reduction']}"
+        assert feat.shape[-1] <= -(-side // entry["reduction"]), f"{where}: larger than input / {entry['reduction']}"
 
 
 @pytest.mark.parametrize("name", list_models(task="classification"))
