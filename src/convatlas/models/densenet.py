@@ -48,7 +48,7 @@ class DenseLayer(nn.Module):
 
     def bottleneck(self, *features: Tensor) -> Tensor:
         """[x_0, ..., x_{l-1}] -> Tensor[N, bn_size * growth_rate, H, W]: the part worth recomputing."""
-        return self.conv1(F.relu(self.norm1(torch.cat(features, 1))))
+        return self.conv1(F.relu(self.norm1(torch.cat(features, 1)), inplace=True))
 
     def forward(self, features: list[Tensor]) -> Tensor:
         if self.memory_efficient and self.training:
@@ -56,7 +56,7 @@ class DenseLayer(nn.Module):
             x = torch.utils.checkpoint.checkpoint(self.bottleneck, *features, use_reentrant=False)
         else:
             x = self.bottleneck(*features)
-        x = self.conv2(F.relu(self.norm2(x)))
+        x = self.conv2(F.relu(self.norm2(x), inplace=True))
         return F.dropout(x, p=self.drop_rate, training=self.training)
 
 

@@ -29,6 +29,9 @@ from convatlas.nn.layers import ClassifierHead, ConvNormAct, SqueezeExcite, make
 class DepthwiseSeparable(nn.Module):
     """MobileNet v1 block: 3x3 depthwise conv-BN-act, then 1x1 pointwise conv-BN-act.
 
+    Built from :class:`ConvNormAct` (``nn.Conv2d``, so cuDNN / oneDNN kernels) rather than
+    :class:`convatlas.nn.conv.SeparableConv2d`, whose reference operators are for verification, not speed.
+
     Shapes:
         x (Tensor[N, in_channels, H, W]) -> Tensor[N, out_channels, H / stride, W / stride]
     """
