@@ -103,6 +103,7 @@ static int64_t grid_##SUFFIX(const T *b, int64_t n, double thr, uint8_t *keep) {
         if (fx * fy <= 4.0 * (double)nv + 16) { gx = (int64_t)fx; gy = (int64_t)fy; break; }                        \
         cw *= 2; ch *= 2;                                                                                           \
     }                                                                                                               \
+    const double icw = 1.0 / cw, ich = 1.0 / ch; /* x -> cell is monotone: multiplication by a positive constant */ \
     int64_t *head = (int64_t *)malloc(sizeof(int64_t) * gx * gy);                                                   \
     int64_t *tail = (int64_t *)malloc(sizeof(int64_t) * gx * gy);                                                   \
     int64_t *stamp = (int64_t *)malloc(sizeof(int64_t) * n);                                                        \
@@ -115,8 +116,9 @@ static int64_t grid_##SUFFIX(const T *b, int64_t n, double thr, uint8_t *keep) {
         const T *bi = b + 4 * i;                                                                                    \
         if (!(bi[2] > bi[0] && bi[3] > bi[1])) { keep[i] = 1; nk++; continue; } /* no overlap with anything */     \
         T ai = (bi[2] - bi[0]) * (bi[3] - bi[1]);                                                                   \
-        int64_t cx0 = (int64_t)floor(((double)bi[0] - minx) / cw), cx1 = (int64_t)floor(((double)bi[2] - minx) / cw); \
-        int64_t cy0 = (int64_t)floor(((double)bi[1] - miny) / ch), cy1 = (int64_t)floor(((double)bi[3] - miny) / ch); \
+        int64_t cx0 = (int64_t)(((double)bi[0] - minx) * icw), cx1 = (int64_t)(((double)bi[2] - minx) * icw); \
+        int64_t cy0 = (int64_t)(((double)bi[1] - miny) * ich), cy1 = (int64_t)(((double)bi[3] - miny) * ich); \
+        /* truncation is floor here: valid boxes start at or after (minx, miny); it is monotone, as needed */      \
         if (cx0 < 0) cx0 = 0; if (cy0 < 0) cy0 = 0; if (cx1 >= gx) cx1 = gx - 1; if (cy1 >= gy) cy1 = gy - 1;     \
         int sup = 0;                                                                                                \
         /* the middle cell first: a box's likeliest suppressor overlaps it most and so covers its middle */         \
