@@ -93,3 +93,8 @@ def test_load_weights_rejects_missing_tensors():
     del state["classifier.bias"]
     with pytest.raises(ValueError, match=r"1 missing tensors \['head.fc.bias'\]"):
         load_weights(ours, state, source="torchvision")
+
+
+def test_mobilenet_v1_has_no_torchvision_counterpart():
+    with pytest.raises(ValueError, match="MobileNetV1 has no torchvision counterpart; load timm's"):
+        load_weights(create_model("mobilenet_v1"), _tv("mobilenet_v2").state_dict(), source="torchvision")

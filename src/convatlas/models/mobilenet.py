@@ -38,6 +38,7 @@ class DepthwiseSeparable(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, *, stride: int, act: type[nn.Module]):
         super().__init__()
+        self.out_channels = out_channels
         self.dw = ConvNormAct(in_channels, in_channels, 3, stride=stride, groups=in_channels, act=act)
         self.pw = ConvNormAct(in_channels, out_channels, 1, act=act)
 
@@ -68,6 +69,7 @@ class InvertedResidual(nn.Module):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"InvertedResidual: stride must be 1 or 2, got {stride}")
+        self.out_channels = out_channels
         self.use_residual = stride == 1 and in_channels == out_channels
         if expand_channels != in_channels:
             self.expand = ConvNormAct(in_channels, expand_channels, 1, norm=norm, act=act)
@@ -152,8 +154,8 @@ class MobileNet(ImageModel):
     """The part the three versions share: ``features`` (stem, blocks, last conv), a head, and weight conversion."""
 
     features: nn.Sequential
-    # torchvision's classifier index -> our head's layer: v1/v2 ``(Dropout, Linear)``.
-    TORCHVISION_CLASSIFIER = {"1": "fc"}
+    # torchvision's classifier index -> our head's layer: v2 ``(Dropout, Linear)``; None: torchvision lacks the model.
+    TORCHVISION_CLASSIFIER: dict[str, str] | None = {"1": "fc"}
 
     def _finish(self, strides: list[int], head: nn.Module) -> None:
         self.feature_info = _feature_info(self.features, strides)
@@ -189,6 +191,8 @@ class MobileNet(ImageModel):
         """Rename a torchvision (``features.3.conv.1.0.weight``) or timm (``blocks.1.0.conv_dw.weight``) state dict."""
         if source == "timm":
             return self._convert_timm(state_dict)
+        if self.TORCHVISION_CLASSIFIER is None:
+            raise ValueError(f"{type(self).__name__} has no torchvision counterpart; load timm's with source='timm'")
         return self._convert_torchvision(state_dict)
 
     def _convert_torchvision(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -270,6 +274,7 @@ class MobileNetV1(MobileNet):
         x (Tensor[N, in_channels, H, W]) -> Tensor[N, num_classes]
     """
 
+    TORCHVISION_CLASSIFIER = None
     # (output channels, stride) of the 13 depthwise-separable blocks.
     CONFIG = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)) + ((512, 1),) * 5 + ((1024, 2), (1024, 1))
 
@@ -294,8 +299,6 @@ class MobileNetV1(MobileNet):
             layers.append(DepthwiseSeparable(channels, out, stride=stride, act=act))
             strides.append(stride)
             channels = out
-        for block in layers[1:]:
-            block.out_channels = block.pw.out_channels
         self.features = nn.Sequential(*layers)
         self._finish(strides, ClassifierHead(channels, num_classes, drop_rate=drop_rate))
 
@@ -329,9 +332,9 @@ class MobileNetV2(MobileNet):
             out = make_divisible(c * width_mult, 8)
             for i in range(n):
                 stride = s if i == 0 else 1
-                block = InvertedResidual(channels, out, expand_channels=channels * t, stride=stride, act=nn.ReLU6)
-                block.out_channels = out
-                layers.append(block)
+                layers.append(
+                    InvertedResidual(channels, out, expand_channels=channels * t, stride=stride, act=nn.ReLU6)
+                )
                 strides.append(stride)
                 channels = out
         last = make_divisible(1280 * max(1.0, width_mult), 8)
@@ -384,7 +387,6 @@ class MobileNetV3(MobileNet):
             block = InvertedResidual(
                 channels, out, expand_channels=expand, kernel_size=kernel, stride=stride, act=act, se=se, norm=norm
             )
-            block.out_channels = out
             layers.append(block)
             strides.append(stride)
             channels = out
