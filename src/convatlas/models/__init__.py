@@ -7,6 +7,7 @@
 from convatlas.models.registry import ModelInfo, create_model, list_models, model_info, register_model
 from convatlas.models.weights import load_weights
 
+# isort: off
 # Families: importing each module registers its builders (one line per family file).
 from convatlas.models import densenet, mobilenet, resnext  # noqa: E402, F401
 from convatlas.models import efficientnet  # noqa: E402, F401
