@@ -237,3 +237,11 @@ def test_roi_pool_ties_send_the_gradient_to_the_first_maximum(pool_backend):
     check_against(
         lambda inp: roi_pool(inp, rois, (3, 2), 1.0), lambda inp: torchvision.ops.roi_pool(inp, rois, (3, 2), 1.0), [x]
     )  # reference: torchvision (argmax = first strict maximum in row-major order)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_roi_ops_equal_cpu():
+    x = torch.randn(2, 8, 20, 24)
+    rois = random_rois(30, 2, 80.0, dtype=torch.float32)
+    for fn, args in ((roi_align, (5, 0.25, 2, True)), (roi_pool, (5, 0.25))):
+        torch.testing.assert_close(fn(x.cuda(), rois.cuda(), *args).cpu(), fn(x, rois, *args), atol=1e-5, rtol=1e-5)

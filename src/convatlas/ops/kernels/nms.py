@@ -241,7 +241,12 @@ def compile_library(name: str, source: str) -> ctypes.CDLL:
     digest = hashlib.sha256((source + " ".join(_CFLAGS)).encode()).hexdigest()[:16]
     path = _cache_dir() / f"convatlas_{name}_{digest}.so"
     if not path.exists():
-        _build(path, source)
+        try:
+            _build(path, source)
+        except PermissionError:  # read-only home (some CI runners): build under the temporary directory instead
+            path = Path(tempfile.gettempdir()) / "convatlas-kernels" / path.name
+            if not path.exists():
+                _build(path, source)
     return ctypes.CDLL(str(path))
 
 
