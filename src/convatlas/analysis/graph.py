@@ -389,6 +389,58 @@ def _view_state(state: State, in_shape: tuple[int, ...], out_shape: tuple[int, .
     return out
 
 
+_FAST_POINTWISE = {
+    aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.add_.Tensor, aten.mul_.Tensor,
+    aten.add.Scalar, aten.mul.Scalar, aten.relu.default, aten.relu_.default, aten.gelu.default, aten.silu.default,
+    aten.silu_.default, aten.sigmoid.default, aten.hardswish.default, aten.hardswish_.default, aten.hardsigmoid.default,
+    aten.hardtanh.default, aten.hardtanh_.default, aten.clone.default,
+}  # fmt: skip
+
+
+def _fast_meta(func, args, kwargs):
+    """Output of a few frequent operators on the ``meta`` device from their shapes alone, or ``None``.
+
+    PyTorch computes meta outputs of these through Python reference implementations, which costs about a millisecond
+    per call; a forward pass of ConvNeXt-T makes a few hundred of them. The shapes here follow the operators'
+    definitions: broadcasting for elementwise operators (same dtype operands only), ``(M, N)`` for matrix products,
+    the input's shape and one statistic per normalised group for layer norm, ``conv_out`` for convolutions (the
+    input check has run before).
+    """
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or x.device.type != "meta":
+        return None
+    if func in _FAST_POINTWISE:
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if any(t.dtype != x.dtype or t.device != x.device for t in tensors) or not x.is_floating_point():
+            return None
+        if any(not isinstance(a, torch.Tensor | int | float) for a in args[1:]) or set(kwargs) - {
+            "alpha",
+            "approximate",
+        }:
+            return None
+        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+        if func.overloadpacket.__name__.endswith("_"):
+            return x if shape == x.shape else None
+        return torch.empty_like(x) if shape == x.shape else x.new_empty(shape)
+    if func is aten.native_layer_norm.default:
+        axis = x.dim() - len(args[1])
+        stats_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        stats = x.new_empty(tuple(x.shape[:axis]) + (1,) * len(args[1]), dtype=stats_dtype)
+        return torch.empty_like(x), stats, torch.empty_like(stats)
+    if func is aten.convolution.default and not args[6] and x.dim() >= 3:  # not transposed
+        w, stride, padding, dilation = args[1], args[3], args[4], args[5]
+        spatial = [
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, k, s, p, d in zip(x.shape[2:], w.shape[2:], stride, padding, dilation, strict=True)
+        ]
+        return x.new_empty((x.shape[0], w.shape[0], *spatial))
+    if func in (aten.addmm.default, aten.mm.default) and not kwargs:
+        a, b = (args[1], args[2]) if func is aten.addmm.default else (args[0], args[1])
+        if a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0] and a.dtype == b.dtype:
+            return a.new_empty((a.shape[0], b.shape[1]))
+    return None
+
+
 class GraphTracer(TorchDispatchMode):
     """Records one forward pass: MACs and other ops per module call, receptive fields per tensor, input checks.
 
@@ -433,7 +485,9 @@ class GraphTracer(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self._check(func, args)
-        out = func(*args, **kwargs)
+        out = _fast_meta(func, args, kwargs)
+        if out is None:
+            out = func(*args, **kwargs)
         macs = count_macs(func, args, out)
         other = 0
         if not macs and func.overloadpacket not in _NO_COMPUTE:

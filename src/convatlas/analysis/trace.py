@@ -218,12 +218,14 @@ def summarise(state, input_lengths: list[int]) -> tuple[DimField, ...] | None:
         widths = hi - lo + 1
         start = (lo[0] + hi[0]) / 2
         covers = bool((rlo <= 0).all() and (rhi >= n - 1).all())
-        as_ints = [tuple(int(v) for v in a) for a in (lo, hi, rlo, rhi)]
+        as_ints = [tuple(a.tolist()) for a in (lo, hi, rlo, rhi)]
         if span.dim is None:
             result.append(DimField(int(widths.max()), 0, float(start), True, covers, None, *as_ints))
             continue
-        centres = [Fraction(int(a) + int(b), 2) for a, b in zip(lo, hi, strict=True)]
-        affine = all(c == centres[0] + i * span.jump for i, c in enumerate(centres))
+        # centres (lo + hi) / 2 advance by exactly one jump per position: integer arithmetic on 2 * centre
+        jump = Fraction(span.jump)
+        twice = (lo + hi - lo[0] - hi[0]) * jump.denominator
+        affine = bool(np.array_equal(twice, 2 * jump.numerator * np.arange(len(lo))))
         exact = bool((widths == widths[0]).all()) and affine
         result.append(DimField(int(widths.max()), _number(span.jump), float(start), exact, covers, span.dim, *as_ints))
     return tuple(result)
