@@ -92,8 +92,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> li
     same = "weights load"
     try:
         load_weights(ours, theirs.state_dict(), source="timm")
-    except ValueError:
-        same = "no converter"
+    except (ValueError, KeyError) as err:  # no timm converter for this family: the parameter counts still compare
+        same = f"no weight converter ({type(err).__name__})"
     params = sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in theirs.parameters())
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     ours = ours.to(device, memory_format=memory_format)

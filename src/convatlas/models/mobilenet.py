@@ -320,7 +320,9 @@ class MobileNetV2(MobileNet):
     # (expansion t, output channels c, repeats n, first stride s), the paper's Table 2.
     CONFIG = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
-    def __init__(self, *, width_mult: float = 1.0, num_classes: int = 1000, in_channels: int = 3, drop_rate=0.2):
+    def __init__(
+        self, *, width_mult: float = 1.0, num_classes: int = 1000, in_channels: int = 3, drop_rate: float = 0.2
+    ):
         super().__init__()
         if width_mult <= 0:
             raise ValueError(f"MobileNetV2: width_mult must be > 0, got {width_mult}")
