@@ -35,7 +35,8 @@ class Row:
         other_ops: elements written by other operators inside this call, children included.
         rf_size, rf_jump, rf_start: receptive field of the output per spatial input dimension, ``None`` when the
             output is not a spatial map (flattened, pooled globally) or the graph could not be followed.
-        rf_global: every output position reads the whole input (a reduction over space happened upstream).
+        rf_global: every output position reads the whole input (its field covers it, or a reduction over space such
+            as global pooling or squeeze-and-excitation happened upstream).
         activation_bytes: memory of the output tensors.
     """
 
@@ -114,7 +115,12 @@ class Summary:
         lines = []
         for row in self.rows:
             name = f"{'  ' * (row.depth - 1)}{row.path.rsplit('.', 1)[-1]} ({row.type})"
-            rf = "global" if row.rf_global else _same(row.rf_size)
+            if row.rf_size is None:
+                rf = "-"
+            elif row.rf_jump is None:
+                rf = "global"
+            else:
+                rf = _same(row.rf_size) + ("*" if row.rf_global else "")
             lines.append(
                 [
                     name,
@@ -123,8 +129,8 @@ class Summary:
                     _si(row.macs),
                     _si(row.other_ops),
                     rf,
-                    "-" if row.rf_global else _same(row.rf_jump),
-                    "-" if row.rf_global else _same(row.rf_start),
+                    _same(row.rf_jump),
+                    _same(row.rf_start),
                     _bytes(row.activation_bytes),
                 ]
             )
@@ -145,8 +151,8 @@ class Summary:
         )
         out.append(f"Activation memory (leaf outputs): {_bytes(self.activation_bytes)}")
         out.append(
-            "RF: receptive field size per spatial dimension, boundary-free (Distill 2019); 'global': every "
-            "position reads the whole input"
+            "RF: receptive field size per spatial dimension, boundary-free (Distill 2019); *: every position reads "
+            "the whole input; 'global': not a spatial map any more, it read the whole input"
         )
         for note in self.notes:
             out.append(f"note: {note}")
@@ -198,14 +204,17 @@ def _bytes(value: int) -> str:
 
 
 def _rf_columns(fields: tuple[DimField, ...] | None):
-    """``(size, jump, start, global)`` of a row, or Nones when the output is not a spatial map."""
+    """``(size, jump, start, covers the input)`` of a row.
+
+    A spatial map gets all four; an output that is no longer a spatial map (pooled, flattened) gets only its size and
+    ``True`` when it read the whole input, Nones otherwise.
+    """
     if fields is None:
         return None, None, None, False
-    if all(f.covers_input for f in fields):
-        return tuple(f.size for f in fields), None, None, True
+    covers = all(f.covers_input for f in fields)
     if not _is_spatial(fields):
-        return None, None, None, False
-    return tuple(f.size for f in fields), tuple(f.jump for f in fields), tuple(f.start for f in fields), False
+        return (tuple(f.size for f in fields), None, None, True) if covers else (None, None, None, False)
+    return tuple(f.size for f in fields), tuple(f.jump for f in fields), tuple(f.start for f in fields), covers
 
 
 def summary(

@@ -89,9 +89,7 @@ def _rf(args: argparse.Namespace) -> int:
     for name, size_, jump, start in zip(names, result.size, result.jump, result.start, strict=False):
         print(f"  {name}: size {size_}, jump {jump}, start {start}")
     if result.covers_input:
-        print(
-            "  every position reads the whole input (a reduction over space, e.g. squeeze-and-excitation, is upstream)"
-        )
+        print("  every position reads the whole input (its field is as large, or a reduction over space is upstream)")
     if not result.exact:
         print("  the fields are not of one size with evenly spaced centres; size is the largest over positions")
     for note in result.notes:
