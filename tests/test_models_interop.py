@@ -67,16 +67,15 @@ def test_load_weights_gives_peer_outputs(name, kwargs, source, peer):
     check_against(ours, theirs, [x], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("name", "peer"),
-    [("resnext101_32x8d", "resnext101_32x8d"), ("densenet169", "densenet169"), ("densenet201", "densenet201")],
-)
-def test_load_weights_maps_every_tensor_of_large_variants(name, peer):
-    # Reference: torchvision's state dict; on the meta device load_weights still checks every name and shape.
+@pytest.mark.parametrize("source", ["torchvision", "timm"])
+@pytest.mark.parametrize("name", ["resnext101_32x8d", "densenet169", "densenet201", "mobilenet_v3_large"])
+def test_load_weights_maps_every_tensor_of_large_variants(name, source):
+    # Reference: the peer's state dict; on the meta device load_weights still checks every name and shape.
+    timm_name = {"mobilenet_v3_large": "mobilenetv3_large_100"}.get(name, name)
     with torch.device("meta"):
-        theirs = _tv(peer)
+        theirs = _tv(name) if source == "torchvision" else timm.create_model(timm_name)
         ours = create_model(name)
-    load_weights(ours, theirs.state_dict(), source="torchvision")
+    load_weights(ours, theirs.state_dict(), source=source)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
 
 
