@@ -6,12 +6,16 @@ suppressed when its IoU with an earlier kept box is strictly greater than the th
 The C kernel (CPU): torchvision's CPU NMS compares every kept box with every later box, ``O(N K)`` IoUs for ``K``
 kept boxes. Two boxes can only exceed a threshold ``>= 0`` when their rectangles overlap with positive area, so the
 kernel buckets kept boxes into a uniform grid (cells about the mean box size) and tests a candidate only against the
-kept boxes in the cells it covers, with a stamp per kept box so each pair is tested once. The IoU is computed with the
-same float operations in the same order as torchvision's CPU kernel and compared in double precision, so the result
-is bit-for-bit the greedy definition; a negative or NaN threshold, or non-finite coordinates, take the plain
-quadratic loop. The kernel is plain C (no PyTorch headers), compiled with ``gcc`` on first use (under a second) into
-``$CONVATLAS_CACHE_DIR`` (default ``~/.cache/convatlas/kernels``), keyed by a hash of its source, and called through
-``ctypes``; if compilation fails, or ``CONVATLAS_NMS_BACKEND=torch`` is set, the PyTorch path runs instead.
+kept boxes in the cells it covers, its middle cell first. Each cell stores its kept boxes in keep order in blocks of
+eight (structure of arrays, unused slots zero), and a block is tested without branches, so the compiler vectorises
+it; a kept box covering several cells may be tested more than once, which costs time but cannot change the result.
+The IoU is computed with the same float operations in the same order as torchvision's CPU kernel; ``IoU > t`` (with
+``t`` in double) is tested as ``IoU >= a`` where ``a`` is the smallest value of the boxes' type above ``t``, which is
+the same test. So the result is bit-for-bit the greedy definition; a negative or NaN threshold, or non-finite
+coordinates, take the plain quadratic loop. The kernel is plain C (no PyTorch headers), compiled with ``gcc`` on
+first use (under a second) into ``$CONVATLAS_CACHE_DIR`` (default ``~/.cache/convatlas/kernels``), keyed by a hash
+of its source, and called through ``ctypes``; if compilation fails, or ``CONVATLAS_NMS_BACKEND=torch`` is set, the
+PyTorch path runs instead. Scores are ordered by a stable radix sort in the same library.
 
 The blocked PyTorch path: boxes are taken in blocks of ``block`` rows. A block is first tested against all boxes
 kept so far (one vectorised IoU), then resolved internally: ``keep_i = alive_i and not any_j<i (keep_j and
@@ -37,10 +41,10 @@ _C_SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 
-#define DEFINE_NMS(SUFFIX, T)                                                                                      \
-typedef struct { T x1, y1, x2, y2, area; int64_t next; int64_t id; } node_##SUFFIX;                                \
+#define DEFINE_NMS(SUFFIX, T, NEXTAFTER)                                                                           \
                                                                                                                     \
 static inline int over_##SUFFIX(T ax1, T ay1, T ax2, T ay2, T aarea, const T *b, T barea, double thr) {             \
     T xx1 = ax1 > b[0] ? ax1 : b[0];                                                                                \
@@ -77,7 +81,28 @@ static int64_t plain_##SUFFIX(const T *b, const int64_t *cls, int64_t n, double 
     return nk;                                                                                                      \
 }                                                                                                                   \
                                                                                                                     \
-/* Grid-indexed loop for one segment (one category): threshold >= 0 and finite coordinates. */                      \
+/* Grid-indexed loop for one segment (one category): threshold >= 0 and finite coordinates.                       \
+   Each cell keeps its kept boxes in a chain of blocks of 8 (structure of arrays, unused slots zero: IoU 0 or NaN,  \
+   never above a threshold >= 0), so a block is tested without branches and the compiler can vectorise it. A kept  \
+   box sits in every cell it covers and may be tested more than once: redundant, never wrong. */                    \
+typedef struct { T x1[8], y1[8], x2[8], y2[8], area[8]; int64_t next; int count; } block_##SUFFIX;                  \
+                                                                                                                    \
+static inline int block_over_##SUFFIX(const block_##SUFFIX *k, const T *bi, T ai, T above) {                       \
+    int hit = 0;                                                                                                    \
+    for (int j = 0; j < 8; j++) {                                                                                   \
+        T xx1 = k->x1[j] > bi[0] ? k->x1[j] : bi[0];                                                                \
+        T yy1 = k->y1[j] > bi[1] ? k->y1[j] : bi[1];                                                                \
+        T xx2 = k->x2[j] < bi[2] ? k->x2[j] : bi[2];                                                                \
+        T yy2 = k->y2[j] < bi[3] ? k->y2[j] : bi[3];                                                                \
+        T w = xx2 - xx1; w = w > 0 ? w : 0;                                                                         \
+        T h = yy2 - yy1; h = h > 0 ? h : 0;                                                                         \
+        T inter = w * h;                                                                                            \
+        T ovr = inter / (k->area[j] + ai - inter);                                                                  \
+        hit |= ovr >= above;                                                                                        \
+    }                                                                                                               \
+    return hit;                                                                                                     \
+}                                                                                                                   \
+                                                                                                                    \
 static int64_t grid_##SUFFIX(const T *b, int64_t n, double thr, uint8_t *keep) {                                   \
     double minx = INFINITY, miny = INFINITY, maxx = -INFINITY, maxy = -INFINITY, sw = 0, sh = 0;                   \
     int64_t nv = 0;                                                                                                 \
@@ -104,57 +129,58 @@ static int64_t grid_##SUFFIX(const T *b, int64_t n, double thr, uint8_t *keep) {
         cw *= 2; ch *= 2;                                                                                           \
     }                                                                                                               \
     const double icw = 1.0 / cw, ich = 1.0 / ch; /* x -> cell is monotone: multiplication by a positive constant */ \
+    /* IoU > thr (in double) <=> IoU >= the smallest T above thr: the test stays in T, branch-free */              \
+    T above = (T)thr;                                                                                               \
+    if ((double)above <= thr) above = NEXTAFTER(above, INFINITY);                                                   \
     int64_t *head = (int64_t *)malloc(sizeof(int64_t) * gx * gy);                                                   \
     int64_t *tail = (int64_t *)malloc(sizeof(int64_t) * gx * gy);                                                   \
-    int64_t *stamp = (int64_t *)malloc(sizeof(int64_t) * n);                                                        \
-    int64_t cap = 1024, used = 0, nk = 0;                                                                            \
-    node_##SUFFIX *nodes = (node_##SUFFIX *)malloc(sizeof(node_##SUFFIX) * cap);                                    \
-    if (!head || !tail || !stamp || !nodes) { free(head); free(tail); free(stamp); free(nodes); return -1; }        \
+    int64_t cap = 256, used = 0, nk = 0;                                                                            \
+    block_##SUFFIX *blocks = (block_##SUFFIX *)malloc(sizeof(block_##SUFFIX) * cap);                                \
+    if (!head || !tail || !blocks) { free(head); free(tail); free(blocks); return -1; }                            \
     for (int64_t c = 0; c < gx * gy; c++) head[c] = tail[c] = -1;                                                   \
-    for (int64_t i = 0; i < n; i++) stamp[i] = -1;                                                                  \
     for (int64_t i = 0; i < n; i++) {                                                                               \
         const T *bi = b + 4 * i;                                                                                    \
         if (!(bi[2] > bi[0] && bi[3] > bi[1])) { keep[i] = 1; nk++; continue; } /* no overlap with anything */     \
         T ai = (bi[2] - bi[0]) * (bi[3] - bi[1]);                                                                   \
-        int64_t cx0 = (int64_t)(((double)bi[0] - minx) * icw), cx1 = (int64_t)(((double)bi[2] - minx) * icw); \
-        int64_t cy0 = (int64_t)(((double)bi[1] - miny) * ich), cy1 = (int64_t)(((double)bi[3] - miny) * ich); \
-        /* truncation is floor here: valid boxes start at or after (minx, miny); it is monotone, as needed */      \
+        /* truncation is floor here: valid boxes start at or after (minx, miny) */                                  \
+        int64_t cx0 = (int64_t)(((double)bi[0] - minx) * icw), cx1 = (int64_t)(((double)bi[2] - minx) * icw);     \
+        int64_t cy0 = (int64_t)(((double)bi[1] - miny) * ich), cy1 = (int64_t)(((double)bi[3] - miny) * ich);     \
         if (cx0 < 0) cx0 = 0; if (cy0 < 0) cy0 = 0; if (cx1 >= gx) cx1 = gx - 1; if (cy1 >= gy) cy1 = gy - 1;     \
         int sup = 0;                                                                                                \
         /* the middle cell first: a box's likeliest suppressor overlaps it most and so covers its middle */         \
         int64_t mid = ((cy0 + cy1) / 2) * gx + (cx0 + cx1) / 2;                                                     \
-        for (int64_t pass = 0; pass < 2 && !sup; pass++)                                                            \
-        for (int64_t cy = pass ? cy0 : 0; cy <= (pass ? cy1 : 0) && !sup; cy++)                                     \
-            for (int64_t cx = pass ? cx0 : 0; cx <= (pass ? cx1 : 0) && !sup; cx++)                                 \
-                for (int64_t q = !pass ? head[mid] : cy * gx + cx == mid ? -1 : head[cy * gx + cx]; q >= 0 && !sup;   \
-                     q = nodes[q].next) {                                                                           \
-                    node_##SUFFIX *k = nodes + q;                                                                   \
-                    if (stamp[k->id] == i) continue;                                                                \
-                    stamp[k->id] = i;                                                                               \
-                    sup = over_##SUFFIX(k->x1, k->y1, k->x2, k->y2, k->area, bi, ai, thr);                          \
-                }                                                                                                   \
+        for (int64_t q = head[mid]; q >= 0 && !sup; q = blocks[q].next)                                             \
+            sup = block_over_##SUFFIX(blocks + q, bi, ai, above);                                                   \
+        for (int64_t cy = cy0; cy <= cy1 && !sup; cy++)                                                             \
+            for (int64_t cx = cx0; cx <= cx1 && !sup; cx++) {                                                       \
+                if (cy * gx + cx == mid) continue;                                                                  \
+                for (int64_t q = head[cy * gx + cx]; q >= 0 && !sup; q = blocks[q].next)                            \
+                    sup = block_over_##SUFFIX(blocks + q, bi, ai, above);                                           \
+            }                                                                                                       \
         keep[i] = (uint8_t)!sup;                                                                                    \
         if (sup) continue;                                                                                          \
         nk++;                                                                                                       \
-        int64_t need = used + (cx1 - cx0 + 1) * (cy1 - cy0 + 1);                                                    \
-        if (need > cap) {                                                                                           \
-            while (cap < need) cap *= 2;                                                                            \
-            node_##SUFFIX *grown = (node_##SUFFIX *)realloc(nodes, sizeof(node_##SUFFIX) * cap);                    \
-            if (!grown) { free(head); free(tail); free(stamp); free(nodes); return -1; }                            \
-            nodes = grown;                                                                                          \
-        }                                                                                                           \
         for (int64_t cy = cy0; cy <= cy1; cy++)                                                                     \
             for (int64_t cx = cx0; cx <= cx1; cx++) {                                                               \
-                node_##SUFFIX *k = nodes + used;                                                                    \
-                k->x1 = bi[0]; k->y1 = bi[1]; k->x2 = bi[2]; k->y2 = bi[3]; k->area = ai; k->id = i;              \
-                /* append: lists stay in keep order, so the strongest (likeliest) suppressor is tested first */     \
-                k->next = -1;                                                                                       \
-                int64_t cell = cy * gx + cx;                                                                        \
-                if (tail[cell] >= 0) nodes[tail[cell]].next = used; else head[cell] = used;                         \
-                tail[cell] = used++;                                                                                \
+                int64_t cell = cy * gx + cx, t = tail[cell];                                                        \
+                if (t < 0 || blocks[t].count == 8) { /* append a zeroed block: lists stay in keep order */          \
+                    if (used == cap) {                                                                              \
+                        cap *= 2;                                                                                   \
+                        block_##SUFFIX *grown = (block_##SUFFIX *)realloc(blocks, sizeof(block_##SUFFIX) * cap);    \
+                        if (!grown) { free(head); free(tail); free(blocks); return -1; }                            \
+                        blocks = grown;                                                                             \
+                    }                                                                                               \
+                    memset(blocks + used, 0, sizeof(block_##SUFFIX));                                               \
+                    blocks[used].next = -1;                                                                         \
+                    if (t >= 0) blocks[t].next = used; else head[cell] = used;                                      \
+                    t = tail[cell] = used++;                                                                        \
+                }                                                                                                   \
+                block_##SUFFIX *k = blocks + t;                                                                     \
+                int j = k->count++;                                                                                 \
+                k->x1[j] = bi[0]; k->y1[j] = bi[1]; k->x2[j] = bi[2]; k->y2[j] = bi[3]; k->area[j] = ai;            \
             }                                                                                                       \
     }                                                                                                               \
-    free(head); free(tail); free(stamp); free(nodes);                                                               \
+    free(head); free(tail); free(blocks);                                                                           \
     return nk;                                                                                                      \
 }                                                                                                                   \
                                                                                                                     \
@@ -173,8 +199,8 @@ int64_t nms_##SUFFIX(const T *b, const int64_t *seg, int64_t nseg, double thr, u
     return total;                                                                                                   \
 }
 
-DEFINE_NMS(f32, float)
-DEFINE_NMS(f64, double)
+DEFINE_NMS(f32, float, nextafterf)
+DEFINE_NMS(f64, double, nextafter)
 
 /* Stable descending argsort of float32 scores: LSD radix sort, 3 passes of 11 bits. Equal scores keep index order;
    -0.0 equals 0.0; NaN (positive sign) sorts first, as in torch.sort(descending=True). Returns 0 or -1. */
