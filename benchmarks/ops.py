@@ -50,7 +50,8 @@ def timeit(ref: Callable[[], object], ours: Callable[[], object], repeats: int, 
 
     Interleaving and taking the minimum keep the ratio honest on a machine shared with other jobs: both sides see
     the same background load, and the minimum is the run least disturbed by it. Fast calls get more runs (about
-    half a second per side, at most 300) so that a scheduler time slice does not decide the result.
+    half a second per side, at most 300, each side counted on its own) so that a scheduler time slice does not
+    decide the result.
     """
 
     def once(fn: Callable[[], object]) -> float:
@@ -63,9 +64,11 @@ def timeit(ref: Callable[[], object], ours: Callable[[], object], repeats: int, 
         return (time.perf_counter() - t0) * 1e3
 
     best = [once(ref), once(ours)]
-    runs = max(repeats, min(300, int(500 / max(min(best), 1e-3))))
-    for _ in range(runs):
-        best = [min(best[0], once(ref)), min(best[1], once(ours))]
+    runs = [max(repeats, min(300, int(500 / max(t, 1e-3)))) for t in best]
+    for i in range(max(runs)):
+        for side, fn in enumerate((ref, ours)):
+            if i < runs[side]:
+                best[side] = min(best[side], once(fn))
     return best[0], best[1]
 
 
