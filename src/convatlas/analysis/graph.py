@@ -30,7 +30,6 @@ from fractions import Fraction
 import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from convatlas import arithmetic
 
@@ -125,6 +124,15 @@ class TraceNotes:
     def add(self, message: str) -> None:
         if message not in self.messages:
             self.messages.append(message)
+
+
+def _flat(obj) -> list:
+    """Leaves of nested tuples, lists and dicts (the argument structures of ATen operators)."""
+    if isinstance(obj, tuple | list):
+        return [leaf for item in obj for leaf in _flat(item)]
+    if isinstance(obj, dict):
+        return [leaf for item in obj.values() for leaf in _flat(item)]
+    return [obj]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -491,7 +499,7 @@ class GraphTracer(TorchDispatchMode):
         macs = count_macs(func, args, out)
         other = 0
         if not macs and func.overloadpacket not in _NO_COMPUTE:
-            other = sum(t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+            other = sum(t.numel() for t in _flat(out) if isinstance(t, torch.Tensor))
             if func.overloadpacket in (
                 aten.native_batch_norm,
                 aten._native_batch_norm_legit_no_training,
@@ -591,11 +599,11 @@ class GraphTracer(TorchDispatchMode):
 
     # -- receptive fields ----------------------------------------------------------------------------------------
     def _propagate(self, func, args, kwargs, out) -> None:
-        flat_args = tree_flatten((args, kwargs))[0]
+        flat_args = _flat((args, kwargs))
         states = [self.state(a) for a in flat_args]
         if all(s is None for s in states):
             return
-        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        outs = [t for t in _flat(out) if isinstance(t, torch.Tensor)]
         if not outs:
             return
         unknown = next((s for s in states if isinstance(s, Unknown)), None)
@@ -632,7 +640,7 @@ class GraphTracer(TorchDispatchMode):
     def _pointwise(self, args, kwargs, out) -> list[State]:
         operands = [
             (self.state(a), _shape(a))
-            for a in tree_flatten((args, kwargs))[0]
+            for a in _flat((args, kwargs))
             if isinstance(a, torch.Tensor) and self.state(a) is not None
         ]
         first = out[0] if isinstance(out, tuple | list) else out
