@@ -336,3 +336,27 @@ def test_unknown_layer_and_method():
         receptive_field(nn.Conv2d(1, 1, 3), (1, 8, 8), layer="nope")
     with pytest.raises(ValueError, match="method must be"):
         receptive_field(nn.Conv2d(1, 1, 3), (1, 8, 8), method="fast")
+
+
+class DataDependent(nn.Module):
+    """Python control flow on values: ``torch.fx.symbolic_trace`` cannot trace it, the meta device cannot run it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 2, 3, padding=1)
+        self.b = nn.Conv2d(2, 2, 5, stride=2)
+
+    def forward(self, x):
+        y = self.a(x)
+        if y.sum() > -1e30:  # always true, but only known from values
+            y = y + self.a(x)
+        return self.b(y)
+
+
+def test_models_fx_cannot_trace_still_get_the_graph_method():
+    model = DataDependent()
+    with pytest.raises(torch.fx.proxy.TraceError):
+        torch.fx.symbolic_trace(model)
+    rf = receptive_field(model, (1, 24, 24), layer="")
+    assert rf.method == "graph" and rf.size == (7, 7) and rf.jump == (2, 2)
+    assert_graph_matches_gradients(model, (1, 24, 24), layer="")
