@@ -32,8 +32,18 @@ def _separable_tsv(path, n=240, seed=0):
 
 def test_learns_a_separable_task(tmp_path):
     path = _separable_tsv(tmp_path / "sep.tsv")
-    cfg = TextRunConfig(model="lightconv_classifier", data=f"tsv:{path}", mode="non-static", folds=4, max_folds=1,
-                        epochs=6, batch_size=10, lr=3e-3, device="cpu", model_args=TINY)  # fmt: skip
+    cfg = TextRunConfig(
+        model="lightconv_classifier",
+        data=f"tsv:{path}",
+        mode="non-static",
+        folds=4,
+        max_folds=1,
+        epochs=6,
+        batch_size=10,
+        lr=3e-3,
+        device="cpu",
+        model_args=TINY,
+    )
     result = cross_validate(cfg, log=lambda *_: None)
     assert len(result.folds) == 1
     assert result.folds[0].test_accuracy > 0.9
@@ -41,9 +51,20 @@ def test_learns_a_separable_task(tmp_path):
 
 def test_run_writes_cv_json(tmp_path):
     path = _separable_tsv(tmp_path / "sep.tsv", n=120)
-    args = argparse.Namespace(model="attention_classifier", data=f"tsv:{path}", mode="static", folds=3, max_folds=2,
-                              epochs=2, batch_size=None, lr=None, seed=1, out=str(tmp_path / "out"), opt="sgd",
-                              model_args=TINY)  # fmt: skip
+    args = argparse.Namespace(
+        model="attention_classifier",
+        data=f"tsv:{path}",
+        mode="static",
+        folds=3,
+        max_folds=2,
+        epochs=2,
+        batch_size=None,
+        lr=None,
+        seed=1,
+        out=str(tmp_path / "out"),
+        opt="sgd",
+        model_args=TINY,
+    )
     assert run(args) == 0
     saved = json.loads((tmp_path / "out" / "cv_results.json").read_text())
     assert [f["fold"] for f in saved["folds"]] == [1, 2]
@@ -64,8 +85,9 @@ def test_bad_options_exit_2(capsys, tmp_path):
 @pytest.mark.parametrize("mode", ["rand", "multichannel"])
 def test_kim_cnn_protocol_runs(tmp_path, mode):
     path = _separable_tsv(tmp_path / "sep.tsv", n=200)
-    cfg = TextRunConfig(model="kim_cnn", data=f"tsv:{path}", mode=mode, folds=5, max_folds=1, epochs=4,
-                        batch_size=10, device="cpu")  # fmt: skip
+    cfg = TextRunConfig(
+        model="kim_cnn", data=f"tsv:{path}", mode=mode, folds=5, max_folds=1, epochs=4, batch_size=10, device="cpu"
+    )
     result = cross_validate(cfg, log=lambda *_: None)
     assert result.folds[0].test_accuracy > 0.8
 
@@ -78,8 +100,25 @@ def test_convatlas_train_cli_reaches_the_text_engine(tmp_path, capsys):
         pytest.skip("convatlas train (cli/train.py) is not registered")
     path = _separable_tsv(tmp_path / "sep.tsv", n=60)
     out = tmp_path / "cli"
-    argv = ["train", "--model", "lightconv_classifier", "--data", f"tsv:{path}", "--folds", "3", "--max-folds", "1",
-            "--epochs", "1", "--out", str(out), "--model-arg", "dim=16", "--model-arg", "heads=2"]  # fmt: skip
+    argv = [
+        "train",
+        "--model",
+        "lightconv_classifier",
+        "--data",
+        f"tsv:{path}",
+        "--folds",
+        "3",
+        "--max-folds",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--model-arg",
+        "dim=16",
+        "--model-arg",
+        "heads=2",
+    ]
     assert cli_main(argv) == 0
     assert json.loads((out / "cv_results.json").read_text())["config"]["model_args"] == {"dim": 16, "heads": 2}
     assert cli_main([*argv[:-4], "--mode", "multichannel"]) == 2

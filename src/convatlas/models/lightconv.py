@@ -67,8 +67,9 @@ class SelfAttention(nn.Module):
 class EncoderLayer(nn.Module):
     """Pre-norm residual layer: token mixer, then a two-layer feed-forward part."""
 
-    def __init__(self, dim: int, *, mixer: str, heads: int, kernel_size: int, ffn_dim: int, dropout: float,
-                 weight_dropout: float):  # fmt: skip
+    def __init__(
+        self, dim: int, *, mixer: str, heads: int, kernel_size: int, ffn_dim: int, dropout: float, weight_dropout: float
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         if mixer == "attention":
@@ -147,18 +148,26 @@ class SequenceClassifier(nn.Module):
         self.in_proj = nn.Linear(embed_dim, dim)
         self.drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            EncoderLayer(dim, mixer=mixer, heads=heads, kernel_size=kernel_size, ffn_dim=ffn_dim or 2 * dim,
-                         dropout=dropout, weight_dropout=weight_dropout)
+            EncoderLayer(
+                dim,
+                mixer=mixer,
+                heads=heads,
+                kernel_size=kernel_size,
+                ffn_dim=ffn_dim or 2 * dim,
+                dropout=dropout,
+                weight_dropout=weight_dropout,
+            )
             for _ in range(depth)
-        )  # fmt: skip
+        )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
     def forward_features(self, tokens: Tensor) -> Tensor:
         """Pooled sentence features: ``LongTensor[N, T] -> Tensor[N, D]`` (mean over the non-padding steps)."""
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"{self.mixer}_classifier: tokens must be LongTensor[N, T], got {tokens.dtype} "
-                             f"{tuple(tokens.shape)}")  # fmt: skip
+            raise ValueError(
+                f"{self.mixer}_classifier: tokens must be LongTensor[N, T], got {tokens.dtype} {tuple(tokens.shape)}"
+            )
         padding_mask = tokens == self.padding_idx  # (N, T)
         x = self.in_proj(self.embed(tokens))  # (N, T, D)
         x = x + sinusoidal_positions(x.shape[1], x.shape[2], device=x.device, dtype=x.dtype)

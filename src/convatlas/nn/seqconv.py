@@ -22,26 +22,57 @@ from convatlas.ops.seqconv import dynamic_conv, lightweight_conv
 __all__ = ["DynamicConv1d", "LightConvBlock", "LightweightConv1d"]
 
 
-def _check_sizes(name: str, channels: int, kernel_size: int, heads: int, padding_l: int | None) -> int:
-    if channels < 1 or heads < 1 or channels % heads != 0:
-        raise ValueError(f"{name}: channels={channels} must be a positive multiple of heads={heads}")
-    if kernel_size < 1:
-        raise ValueError(f"{name}: kernel_size must be >= 1, got {kernel_size}")
-    padding_l = kernel_size // 2 if padding_l is None else padding_l
-    if not 0 <= padding_l <= kernel_size - 1:
-        raise ValueError(f"{name}: padding_l must lie in [0, {kernel_size - 1}] for kernel_size={kernel_size}, "
-                         f"got {padding_l}")  # fmt: skip
-    return padding_l
+class _SeqConv1d(nn.Module):
+    """What the two convolutions share: sizes, bias, the causal window of :meth:`step` and the repr."""
+
+    def __init__(self, channels: int, kernel_size: int, *, heads: int, padding_l: int | None, weight_softmax: bool,
+                 weight_dropout: float, bias: bool):  # fmt: skip
+        super().__init__()
+        name = type(self).__name__
+        if channels < 1 or heads < 1 or channels % heads != 0:
+            raise ValueError(f"{name}: channels={channels} must be a positive multiple of heads={heads}")
+        if kernel_size < 1:
+            raise ValueError(f"{name}: kernel_size must be >= 1, got {kernel_size}")
+        padding_l = kernel_size // 2 if padding_l is None else padding_l
+        if not 0 <= padding_l <= kernel_size - 1:
+            raise ValueError(
+                f"{name}: padding_l must lie in [0, {kernel_size - 1}] for kernel_size={kernel_size}, got {padding_l}"
+            )
+        self.channels, self.kernel_size, self.heads, self.padding_l = channels, kernel_size, heads, padding_l
+        self.weight_softmax, self.weight_dropout = weight_softmax, weight_dropout
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+
+    def _add_bias(self, out: Tensor) -> Tensor:
+        """Add the per-channel bias to ``Tensor[B, C, T]`` or ``Tensor[B, C]`` (channels on dim 1)."""
+        if self.bias is None:
+            return out
+        return out + self.bias.view(-1, *([1] * (out.dim() - 2))).to(out.dtype)
+
+    def _window(self, x_t: Tensor, state: Tensor | None) -> Tensor:
+        """The last K conv inputs ``Tensor[B, C, K]``: the state's ``K - 1`` (zeros at the start) then ``x_t``."""
+        if self.padding_l != self.kernel_size - 1:
+            raise ValueError(
+                f"{type(self).__name__}.step: needs a causal layer (padding_l = K - 1 = {self.kernel_size - 1}), "
+                f"this one has padding_l={self.padding_l}"
+            )
+        if state is None:
+            state = x_t.new_zeros(x_t.shape[0], x_t.shape[1], self.kernel_size - 1)  # the causal left padding
+        return torch.cat([state, x_t.unsqueeze(-1)], dim=-1)
+
+    def _apply_window(self, window: Tensor, w: Tensor) -> Tensor:
+        """``sum_k w[.., h, k] * window[b, c, k]`` for ``w`` of shape ``(1 or B, H, K)``: ``Tensor[B, C]``."""
+        batch = window.shape[0]
+        heads_view = window.view(batch, self.heads, -1, self.kernel_size)  # (B, H, C/H, K)
+        return (heads_view * w[:, :, None, :].to(window.dtype)).sum(-1).view(batch, -1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.channels}, kernel_size={self.kernel_size}, heads={self.heads}, padding_l={self.padding_l}, "
+            f"weight_dropout={self.weight_dropout}"
+        )
 
 
-def _push(state: Tensor | None, x_t: Tensor, taps: int) -> Tensor:
-    """The window of the last K conv inputs ``Tensor[B, C, K]``: the state's ``K - 1`` then ``x_t``."""
-    if state is None:
-        state = x_t.new_zeros(x_t.shape[0], x_t.shape[1], taps - 1)  # zeros = the causal left padding
-    return torch.cat([state, x_t.unsqueeze(-1)], dim=-1)
-
-
-class LightweightConv1d(nn.Module):
+class LightweightConv1d(_SeqConv1d):
     """Lightweight convolution with a learned ``Tensor[H, K]`` kernel. See :func:`convatlas.ops.lightweight_conv`.
 
     Args:
@@ -68,23 +99,16 @@ class LightweightConv1d(nn.Module):
         weight_dropout: float = 0.0,
         bias: bool = False,
     ):
-        super().__init__()
-        self.padding_l = _check_sizes("LightweightConv1d", channels, kernel_size, heads, padding_l)
-        self.channels, self.kernel_size, self.heads = channels, kernel_size, heads
-        self.weight_softmax, self.weight_dropout = weight_softmax, weight_dropout
+        super().__init__(channels, kernel_size, heads=heads, padding_l=padding_l, weight_softmax=weight_softmax,
+                         weight_dropout=weight_dropout, bias=bias)  # fmt: skip
         self.weight = nn.Parameter(torch.empty(heads, kernel_size))
-        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
         nn.init.xavier_uniform_(self.weight)
-
-    def _kernel(self) -> Tensor:
-        w = self.weight
-        return torch.softmax(w, dim=-1) if self.weight_softmax else w
 
     def forward(self, x: Tensor) -> Tensor:
         out = lightweight_conv(
             x, self.weight, self.padding_l, self.weight_softmax, dropout=self.weight_dropout, training=self.training
         )
-        return out if self.bias is None else out + self.bias[:, None].to(out.dtype)
+        return self._add_bias(out)
 
     def step(self, x_t: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One step of causal decoding (no DropConnect).
@@ -96,23 +120,12 @@ class LightweightConv1d(nn.Module):
         Returns:
             (Tensor[B, C], Tensor[B, C, K - 1]): the output at step t and the next state.
         """
-        if self.padding_l != self.kernel_size - 1:
-            raise ValueError(f"LightweightConv1d.step: needs a causal layer (padding_l = K - 1 = "
-                             f"{self.kernel_size - 1}), this one has padding_l={self.padding_l}")  # fmt: skip
-        window = _push(state, x_t, self.kernel_size)  # (B, C, K)
-        batch = window.shape[0]
-        w = self._kernel().to(window.dtype)  # (H, K)
-        y = (window.view(batch, self.heads, -1, self.kernel_size) * w[None, :, None, :]).sum(-1).view(batch, -1)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y, window[..., 1:]
-
-    def extra_repr(self) -> str:
-        return (f"{self.channels}, kernel_size={self.kernel_size}, heads={self.heads}, padding_l={self.padding_l}, "
-                f"weight_dropout={self.weight_dropout}")  # fmt: skip
+        window = self._window(x_t, state)  # (B, C, K)
+        w = torch.softmax(self.weight, dim=-1) if self.weight_softmax else self.weight  # (H, K)
+        return self._add_bias(self._apply_window(window, w[None])), window[..., 1:]
 
 
-class DynamicConv1d(nn.Module):
+class DynamicConv1d(_SeqConv1d):
     """Dynamic convolution: a ``Linear(C, H * K)`` predicts the kernel of each step from the input at that step.
 
     See :func:`convatlas.ops.dynamic_conv`. Arguments as :class:`LightweightConv1d`.
@@ -132,12 +145,9 @@ class DynamicConv1d(nn.Module):
         weight_dropout: float = 0.0,
         bias: bool = False,
     ):
-        super().__init__()
-        self.padding_l = _check_sizes("DynamicConv1d", channels, kernel_size, heads, padding_l)
-        self.channels, self.kernel_size, self.heads = channels, kernel_size, heads
-        self.weight_softmax, self.weight_dropout = weight_softmax, weight_dropout
+        super().__init__(channels, kernel_size, heads=heads, padding_l=padding_l, weight_softmax=weight_softmax,
+                         weight_dropout=weight_dropout, bias=bias)  # fmt: skip
         self.weight_linear = nn.Linear(channels, heads * kernel_size)
-        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
 
     def predict_kernel(self, x: Tensor) -> Tensor:
         """The raw (unnormalised) kernels: ``x (Tensor[B, C, T]) -> Tensor[B, H, K, T]``."""
@@ -152,26 +162,15 @@ class DynamicConv1d(nn.Module):
         out = dynamic_conv(
             x, w, self.padding_l, self.weight_softmax, dropout=self.weight_dropout, training=self.training
         )
-        return out if self.bias is None else out + self.bias[:, None].to(out.dtype)
+        return self._add_bias(out)
 
     def step(self, x_t: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One step of causal decoding (no DropConnect); arguments and returns as :meth:`LightweightConv1d.step`."""
-        if self.padding_l != self.kernel_size - 1:
-            raise ValueError(f"DynamicConv1d.step: needs a causal layer (padding_l = K - 1 = "
-                             f"{self.kernel_size - 1}), this one has padding_l={self.padding_l}")  # fmt: skip
-        window = _push(state, x_t, self.kernel_size)  # (B, C, K)
-        batch = window.shape[0]
-        w = self.weight_linear(x_t).view(batch, self.heads, self.kernel_size)  # (B, H, K)
+        window = self._window(x_t, state)  # (B, C, K)
+        w = self.weight_linear(x_t).view(x_t.shape[0], self.heads, self.kernel_size)  # (B, H, K)
         if self.weight_softmax:
             w = torch.softmax(w, dim=-1)
-        y = (window.view(batch, self.heads, -1, self.kernel_size) * w[:, :, None, :]).sum(-1).view(batch, -1)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y, window[..., 1:]
-
-    def extra_repr(self) -> str:
-        return (f"{self.channels}, kernel_size={self.kernel_size}, heads={self.heads}, padding_l={self.padding_l}, "
-                f"weight_dropout={self.weight_dropout}")  # fmt: skip
+        return self._add_bias(self._apply_window(window, w)), window[..., 1:]
 
 
 class LightConvBlock(nn.Module):
