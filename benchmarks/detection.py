@@ -4,7 +4,8 @@ Both detectors get the same zoo backbone (``--backbone``, its C4 map, freshly in
 same anchors (sizes x ratios), RPN and RoI sampling settings, 7x7 RoI align, two fully connected layers of the same
 width, the same input normalisation and no resizing (torchvision's transform is set to the canvas size). They train
 in one process, alternately step by step on the same batches with AdamW and the same learning-rate schedule; then
-both are evaluated on the same ``fashion-scenes`` test split with our VOC mAP@0.5 and pycocotools' COCO mAP.
+both get exact batch-norm statistics over 200 training images and are evaluated on the same ``fashion-scenes``
+test split with our VOC mAP@0.5 and pycocotools' COCO mAP.
 Throughput is images per second for training steps and for inference (batch ``--batch-size``).
 
 Written to run on CUDA (``--device cuda``, the intended comparison); on CPU it runs a small side-by-side.
@@ -85,6 +86,28 @@ def build_torchvision(args, num_classes: int) -> nn.Module:
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def precise_batch_norm(model, dataset, *, ours: bool, device, num_images: int = 200, batch_size: int = 4) -> None:
+    """Exact batch-norm statistics over training images for either detector (the zoo's MobileNets keep a BN
+    momentum of 0.01, so short runs need it; both sides get the same treatment)."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for start in range(0, min(num_images, len(dataset)), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, num_images, len(dataset)))]
+        images = [im.to(device) for im, _ in items]
+        targets = [{k: v.to(device) for k, v in t.items()} for _, t in items]
+        if ours:
+            model(images, targets, detect=False)
+        else:
+            model(images, targets)
+    for m, momentum in zip(layers, saved, strict=True):
+        m.momentum = momentum
 
 
 @torch.no_grad()
@@ -169,6 +192,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, model in models.items():
         ours_model = name == "convatlas"
+        precise_batch_norm(model, train_set, ours=ours_model, device=device)
         voc, coco, speed = evaluate(model, test_set, ours=ours_model, device=device, batch_size=args.batch_size)
         print(f"| {name} | {voc:.4f} | {coco:.4f} | {seen / train_time[name]:.1f} | {speed:.1f} |")
 

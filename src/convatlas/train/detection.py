@@ -264,7 +264,8 @@ def run(args) -> int:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "history.json").write_text(json.dumps(history, indent=2))
     print(f"{name}: VOC mAP@0.5 {metrics['voc_map50']:.4f}, COCO mAP {metrics['coco']['AP']:.4f}, "
-          f"{1000 * per_image:.1f} ms/image, trained {train_seconds:.0f} s ({step} steps); saved to {out}")  # fmt: skip
+          f"{1000 * per_image:.1f} ms/image ({1000 * cpu_per_image:.1f} ms of CPU), trained {train_seconds:.0f} s "
+          f"({step} steps); saved to {out}")  # fmt: skip
     return 0
 
 
@@ -295,11 +296,13 @@ def evaluate(args) -> int:
     test_set = build_detection_dataset(data, "test", num_images=num_test,
                                        canvas=int(meta.get("canvas", 128)), seed=int(meta.get("seed", 0)))  # fmt: skip
     cache = ProposalCache(test_set, max_proposals=int(meta.get("max_proposals", 300)))
-    detections, targets, sizes, per_image, _ = predict(model, test_set, name=meta["model"], cache=cache,
+    detections, targets, sizes, per_image, cpu_per_image = predict(model, test_set, name=meta["model"], cache=cache,
                                                     device=_arg(args, "device", "cpu"))  # fmt: skip
     metrics = metrics_of(detections, targets, sizes, test_set.num_classes)
     coco = metrics["coco"]
-    print(f"{meta['model']} on {data} test ({len(test_set)} images): VOC mAP@0.5 {metrics['voc_map50']:.4f} "
-          f"(11-point {metrics['voc_map50_11point']:.4f}), COCO mAP {coco['AP']:.4f}, AP50 {coco['AP50']:.4f}, "
-          f"AP75 {coco['AP75']:.4f}, {1000 * per_image:.1f} ms/image")  # fmt: skip
+    print(
+        f"{meta['model']} on {data} test ({len(test_set)} images): VOC mAP@0.5 {metrics['voc_map50']:.4f} "
+        f"(11-point {metrics['voc_map50_11point']:.4f}), COCO mAP {coco['AP']:.4f}, AP50 {coco['AP50']:.4f}, "
+        f"AP75 {coco['AP75']:.4f}, {1000 * per_image:.1f} ms/image ({1000 * cpu_per_image:.1f} ms of CPU)"
+    )
     return 0
