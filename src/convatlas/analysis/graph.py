@@ -33,7 +33,22 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from convatlas import arithmetic
 
-aten = torch.ops.aten
+
+class _Missing:
+    """Stands for an ATen operator this PyTorch build does not have; it never equals a real one."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+class _Aten:
+    """``torch.ops.aten`` for the rule tables, tolerant of operators added after PyTorch 2.4 (``_safe_softmax``)."""
+
+    def __getattr__(self, name: str):
+        return getattr(torch.ops.aten, name, None) or _Missing(name)
+
+
+aten = _Aten()
 
 
 @dataclass

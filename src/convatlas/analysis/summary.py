@@ -113,8 +113,13 @@ class Summary:
     def __str__(self) -> str:
         headers = ["Layer (type)", "Output shape", "Param #", "MACs", "Other ops", "RF", "Jump", "Start", "Act. mem"]
         lines = []
+        shown = set()
         for row in self.rows:
-            name = f"{'  ' * (row.depth - 1)}{row.path.rsplit('.', 1)[-1]} ({row.type})"
+            parent, _, last = row.path.rpartition(".")
+            # indent under the parent row; a parent that is never called (ModuleList, ModuleDict) gets no row
+            label = last if parent in shown else row.path
+            name = f"{'  ' * (row.depth - 1)}{label} ({row.type})"
+            shown.add(row.path)
             if row.rf_size is None:
                 rf = "-"
             elif row.rf_jump is None:
