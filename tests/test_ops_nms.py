@@ -226,9 +226,14 @@ def test_soft_nms_equals_reference(method):
 def test_cuda_nms_equals_cpu():
     boxes, scores = clustered_boxes(5000), torch.rand(5000)
     idxs = torch.randint(0, 3, (5000,))
-    assert torch.equal(B.nms(boxes.cuda(), scores.cuda(), 0.5).cpu(), B.nms(boxes, scores, 0.5))
-    got = B.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5).cpu()
-    assert torch.equal(got, B.batched_nms(boxes, scores, idxs, 0.5))
+    expected = B.nms(boxes, scores, 0.5)
+    expected_batched = B.batched_nms(boxes, scores, idxs, 0.5)
+    for backend in BACKENDS:  # the C kernel on the host (default) and blocked PyTorch on the device
+        keep = K.nms(boxes.cuda(), scores.cuda(), 0.5, backend=backend)
+        assert keep.is_cuda and torch.equal(keep.cpu(), expected)
+        got = K.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5, backend=backend).cpu()
+        assert torch.equal(got, expected_batched)
+    assert B.nms(boxes.cuda(), scores.cuda(), 0.5).is_cuda
 
 
 def test_c_radix_argsort_equals_stable_torch_sort():

@@ -313,9 +313,10 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy non-maximum suppression.
 
     Visit boxes by decreasing score (ties: lower index first); keep a box unless its IoU with an already kept box is
-    strictly greater than ``iou_threshold``. The result equals that definition exactly. On CPU a compiled C kernel
-    with a uniform-grid index compares each box only with kept boxes that overlap it (falling back to a blocked
-    PyTorch path when no C compiler is available); on CUDA a blocked PyTorch path runs on the device.
+    strictly greater than ``iou_threshold``. The result equals that definition exactly. A compiled C kernel with a
+    uniform-grid index compares each box only with kept boxes that overlap it (a blocked PyTorch path runs when no C
+    compiler is available, or with ``CONVATLAS_NMS_BACKEND=torch``). CUDA inputs are copied to the host for the C
+    kernel (one synchronisation) and the indices come back on the input's device.
 
     Args:
         boxes (Tensor[N, 4]): (x1, y1, x2, y2), 0 <= x1 < x2, 0 <= y1 < y2; float16/bfloat16 computed in float32.
