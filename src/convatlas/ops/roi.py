@@ -4,9 +4,12 @@ Boxes are ``(x1, y1, x2, y2)`` in input-image pixels; ``spatial_scale`` maps the
 stride-16 backbone). They come either as one ``Tensor[K, 5]`` whose first column is the batch index, or as a list of
 ``Tensor[L, 4]``, one per image, as in ``torchvision.ops``.
 
-Both operators are written as a gather from the channels-last feature map followed by a reduction, so their backward
-pass is PyTorch's own autograd (an ``index_add`` into the input gradient) and they run on any device. float16/bfloat16
-inputs are computed in float32 and cast back. Boxes get no gradient, as in torchvision.
+RoI align is linear in the input: its bilinear weights for all boxes form one sparse ``[K*PH*PW, N*H*W]`` matrix that
+multiplies the channels-last feature map once, and autograd gives the backward (the transposed product). RoI pool
+runs a small C kernel on CPU (``kernels/roi_pool.py``: a direct scan, and a scatter to the argmax for the backward);
+elsewhere, or without a compiler, a vectorised PyTorch path keeps the first strict maximum of each bin and gathers
+the output at it. float16/bfloat16 inputs are computed in float32 and cast back. Boxes get no gradient, as in
+torchvision.
 
 RoI align (He et al. 2017): the box ``[x1 s - o, x2 s - o]`` (``o = 0.5`` when ``aligned``, else the width is at
 least 1) is cut into ``PH x PW`` bins; each bin averages ``g_h x g_w`` bilinear samples at
