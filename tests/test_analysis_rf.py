@@ -233,6 +233,14 @@ def test_every_position_matches_gradients(model):
     assert_graph_matches_gradients(model, (1, 41), layer="", units="all")
 
 
+@pytest.mark.parametrize(
+    ("mode", "align"), [("bicubic", False), ("bicubic", True), ("bilinear", False), ("nearest", None)]
+)
+def test_2d_upsampling_matches_gradients(mode, align):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.Upsample(size=(23, 17), mode=mode, align_corners=align))
+    assert_graph_matches_gradients(model, (1, 19, 21), layer="")
+
+
 def test_different_jumps_are_flagged_and_merged_exactly():
     rf = receptive_field(DifferentJumps(), (1, 40), layer="")
     assert not rf.exact

@@ -285,7 +285,11 @@ def _adaptive_sources(in_len: int, out_len: int) -> list[np.ndarray]:
 
 
 def _interp_sources(in_len: int, out_len: int, mode: str, align_corners: bool, scale: float | None) -> list:
-    """Input indices that get a non-zero weight in PyTorch's nearest / linear interpolation of output ``o``."""
+    """Input indices that get a non-zero weight in PyTorch's nearest / linear / cubic interpolation of output ``o``.
+
+    Cubic interpolation reads ``floor(src) - 1 .. floor(src) + 2`` (clamped to the input); at an integer source
+    position the cubic kernel is 0 at distances 1 and 2, so only ``src`` itself gets a weight.
+    """
     sources = []
     for o in range(out_len):
         if mode == "nearest":
@@ -294,12 +298,18 @@ def _interp_sources(in_len: int, out_len: int, mode: str, align_corners: bool, s
         elif mode == "nearest-exact":
             step = 1.0 / scale if scale else in_len / out_len
             sources.append([min(int(math.floor((o + 0.5) * step)), in_len - 1)])
-        else:  # linear
+        else:  # linear and cubic
             if align_corners:
                 src = o * (in_len - 1) / (out_len - 1) if out_len > 1 else 0.0
             else:
                 step = 1.0 / scale if scale else in_len / out_len
-                src = max((o + 0.5) * step - 0.5, 0.0)
+                src = (o + 0.5) * step - 0.5
+                src = src if mode == "cubic" else max(src, 0.0)  # PyTorch clamps negative sources for linear only
+            if mode == "cubic":
+                i0 = int(math.floor(src))
+                taps = [i0] if src == i0 else [i0 - 1, i0, i0 + 1, i0 + 2]
+                sources.append(sorted({min(max(t, 0), in_len - 1) for t in taps}))
+                continue
             i0 = min(int(math.floor(src)), in_len - 1)
             i1 = min(i0 + 1, in_len - 1)
             sources.append([i0, i1] if src - i0 > 0 else [i0])
@@ -1002,13 +1012,14 @@ def _rule_interp(tracer, func, args, kwargs, out):
     x = args[0]
     name = func.overloadpacket.__name__
     mode = "nearest-exact" if "exact" in name else "nearest" if "nearest" in name else "linear"
-    if "bicubic" in name or "trilinear" in name or "_aa" in name:
+    mode = "cubic" if "bicubic" in name else mode
+    if "trilinear" in name or "_aa" in name:
         return None
     n = x.dim() - 2
     align = False
     scales = None
     rest = list(args[2:])
-    if mode == "linear":
+    if mode in ("linear", "cubic"):
         align = bool(rest.pop(0)) if rest else False
     if rest:  # the .vec overload passes a list of scale factors, the others one float per dimension
         scales = list(rest[0]) if isinstance(rest[0], list | tuple) else list(rest[:n])
@@ -1149,6 +1160,7 @@ _RULES = {
     aten._upsample_nearest_exact2d: _rule_interp,
     aten.upsample_linear1d: _rule_interp,
     aten.upsample_bilinear2d: _rule_interp,
+    aten.upsample_bicubic2d: _rule_interp,
     aten.constant_pad_nd: _rule_pad,
     aten.reflection_pad1d: _rule_pad,
     aten.reflection_pad2d: _rule_pad,
