@@ -1,7 +1,8 @@
 """The one reference-comparison helper of the suite (in the spirit of tinygrad's ``helper_test_op``).
 
 ``check_against(ours, reference, inputs)`` runs the same inputs through both functions, compares the outputs and,
-for every input that requires grad, the gradients of a random projection of the output.
+for every input that requires grad, the gradients of a random projection of the output. ``randomize(model)`` gives a
+model random biases and batch-norm statistics, so that a wrongly mapped or skipped tensor shows in a comparison.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def _clone_inputs(inputs: Sequence) -> list:
@@ -73,3 +74,21 @@ def check_against(
         assert (g1 is None) == (g2 is None), f"input {i}: gradient present in only one of the two"
         if g1 is not None:
             torch.testing.assert_close(g1, g2, atol=atol, rtol=rtol, msg=lambda m, i=i: f"grad of input {i}: {m}")
+
+
+def randomize(model: nn.Module) -> nn.Module:
+    """Random parameters and batch-norm statistics, so that a wrongly mapped tensor cannot go unnoticed.
+
+    Seeded (the same model gets the same values every run); returns the model in eval mode.
+    """
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) + 0.5)
+            elif isinstance(module, nn.Conv2d | nn.Linear) and module.bias is not None:
+                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+    return model.eval()

@@ -13,8 +13,7 @@ import torch.nn.functional as F
 
 from convatlas.models import create_model
 from convatlas.models.densenet import DenseBlock, DenseNet, Transition
-from helpers import check_against
-from test_models_interop import randomize
+from helpers import check_against, randomize
 
 
 def _small(**kwargs) -> DenseNet:

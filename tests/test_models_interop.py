@@ -14,22 +14,7 @@ import torchvision
 from torch import nn
 
 from convatlas.models import create_model, load_weights
-from helpers import check_against
-
-
-def randomize(model: nn.Module) -> nn.Module:
-    """Random parameters and batch-norm statistics, so that a wrongly mapped tensor cannot go unnoticed."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
-                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=gen) * 0.1)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) + 0.5)
-            elif isinstance(module, nn.Conv2d | nn.Linear) and module.bias is not None:
-                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
-    return model.eval()
+from helpers import check_against, randomize
 
 
 def _tv(name: str, **kwargs) -> nn.Module:

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from convatlas.models import create_model
-from convatlas.models.mobilenet import DepthwiseSeparable, InvertedResidual
-from helpers import check_against
-from test_models_interop import randomize
+from convatlas.models.mobilenet import InvertedResidual
+from convatlas.nn import SeparableConv2d
+from helpers import check_against, randomize
 
 
 def _bn(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
@@ -32,7 +32,7 @@ def _hardswish(x: torch.Tensor) -> torch.Tensor:
     return x * _relu6(x + 3) / 6
 
 
-def depthwise_separable_reference(block: DepthwiseSeparable, x: torch.Tensor) -> torch.Tensor:
+def depthwise_separable_reference(block: SeparableConv2d, x: torch.Tensor) -> torch.Tensor:
     dw, pw = block.dw[0], block.pw[0]
     stride = dw.stride[0]
     per_channel = [F.conv2d(x[:, c : c + 1], dw.weight[c : c + 1], stride=stride, padding=1) for c in range(x.shape[1])]
@@ -58,8 +58,12 @@ def inverted_residual_reference(block: InvertedResidual, x: torch.Tensor, act) -
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_separable_equals_per_channel_loop(stride):
-    block = randomize(DepthwiseSeparable(5, 7, stride=stride, act=nn.ReLU6)).double()
-    x = torch.randn(2, 5, 9, 9, dtype=torch.float64, requires_grad=True)
+    # The v1 blocks as MobileNetV1 builds them (width 0.25: 8 -> 16 at stride 1, 16 -> 32 at stride 2): the shared
+    # SeparableConv2d with BN and ReLU6 after both convolutions.
+    block = create_model("mobilenet_v1", width_mult=0.25).features[stride]
+    assert isinstance(block, SeparableConv2d) and block.dw[0].stride == (stride, stride)
+    block = randomize(block).double()
+    x = torch.randn(2, block.in_channels, 9, 9, dtype=torch.float64, requires_grad=True)
     check_against(block, lambda x: depthwise_separable_reference(block, x), [x])
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from convatlas.models import create_model, list_models, model_info, register_model
 from convatlas.models.resnext import ResNeXt
-from test_models_interop import randomize
+from helpers import randomize
 
 IMAGE_MODELS = [n for n in list_models() if model_info(n).task in ("classification", "segmentation")]
 TEXT_MODELS = list_models(task="text")

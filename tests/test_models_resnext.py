@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from convatlas.models import create_model
 from convatlas.models.resnext import Bottleneck
 from convatlas.nn.layers import ConvNormAct
-from helpers import check_against
-from test_models_interop import randomize
+from helpers import check_against, randomize
 
 
 def _bn(x: torch.Tensor, bn: torch.nn.BatchNorm2d, sl: slice, training: bool) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 
 from convatlas.models import create_model, load_weights, model_info
 from convatlas.models.xception import XceptionBlock
+from convatlas.nn import SeparableConv2d
 from helpers import check_against
 
 # Chollet 2017, Table 3: "Xception 22,855,952 parameters". Keras' applications.Xception summary: "Total params:
@@ -33,6 +34,10 @@ def test_thirty_six_convolutions_in_fourteen_modules():
     model = create_model("xception")
     blocks = list(model.blocks)
     separable = sum(len(b.units) for b in blocks) + 2  # + the two of the exit flow
+    units = [unit for b in blocks for unit in b.units]
+    assert all(isinstance(m, SeparableConv2d) for m in [unit[1] for unit in units] + list(model.exit))
+    # Nothing between the depthwise and pointwise convolutions (the paper's finding); BatchNorm after the pointwise.
+    assert all(len(unit[1].dw) == 1 and isinstance(unit[1].pw[1], torch.nn.BatchNorm2d) for unit in units)
     assert separable + 2 == 36
     assert len(blocks) + 2 == 14  # 12 residual modules, the stem and the exit convolutions
     assert model_info("xception").input_size == (3, 299, 299)
@@ -75,9 +80,9 @@ def test_block_matches_float64_formula():
     def reference(x):
         y = x
         for unit in block.units:
-            sep = unit[1]
-            y = f.conv2d(f.relu(y), sep.dw.weight, padding=1, groups=sep.dw.in_channels)
-            y = bn(f.conv2d(y, sep.pw.weight), unit[2])
+            sep = unit[1]  # the shared SeparableConv2d: dw = (depthwise conv,), pw = (pointwise conv, BatchNorm)
+            y = f.conv2d(f.relu(y), sep.dw[0].weight, padding=1, groups=y.shape[1])
+            y = bn(f.conv2d(y, sep.pw[0].weight), sep.pw[1])
         y = f.max_pool2d(y, 3, 2, padding=1)
         return y + bn(f.conv2d(x, block.shortcut[0].weight, stride=2), block.shortcut[1])
 

@@ -23,32 +23,17 @@ from torch import Tensor, nn
 
 from convatlas.models.base import ImageModel
 from convatlas.models.registry import register_model
+from convatlas.nn.conv import SeparableConv2d
 from convatlas.nn.layers import ClassifierHead, ConvNormAct, SqueezeExcite, make_divisible
-
-
-class DepthwiseSeparable(nn.Module):
-    """MobileNet v1 block: 3x3 depthwise conv-BN-act, then 1x1 pointwise conv-BN-act.
-
-    Built from :class:`ConvNormAct` (``nn.Conv2d``, so cuDNN / oneDNN kernels) rather than
-    :class:`convatlas.nn.conv.SeparableConv2d`, whose reference operators are for verification, not speed.
-
-    Shapes:
-        x (Tensor[N, in_channels, H, W]) -> Tensor[N, out_channels, H / stride, W / stride]
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, *, stride: int, act: type[nn.Module]):
-        super().__init__()
-        self.out_channels = out_channels
-        self.dw = ConvNormAct(in_channels, in_channels, 3, stride=stride, groups=in_channels, act=act)
-        self.pw = ConvNormAct(in_channels, out_channels, 1, act=act)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pw(self.dw(x))
 
 
 class InvertedResidual(nn.Module):
     """MobileNet v2/v3 block: 1x1 expansion (skipped when it would not widen), depthwise conv, optional
     squeeze-and-excitation, linear 1x1 projection; a residual when the stride is 1 and the widths agree.
+
+    Without expansion, v2's first block (depthwise-BN-ReLU6, pointwise-BN) is :class:`convatlas.nn.SeparableConv2d`
+    with ``act=None``, but v3's put an SE between the two convolutions and some add a residual; v2 and v3 keep this
+    one layout for every block, as torchvision's weights do.
 
     Shapes:
         x (Tensor[N, in_channels, H, W]) -> Tensor[N, out_channels, H / stride, W / stride]
@@ -229,7 +214,7 @@ class MobileNet(ImageModel):
             if m is not None:
                 index = prefixes.index(m.group(0)) + 1
                 block, rest = self.features[index], key[m.end() :]
-                if isinstance(block, DepthwiseSeparable):
+                if isinstance(block, SeparableConv2d):
                     table = _TIMM_V1_BLOCK
                 elif isinstance(block, InvertedResidual):
                     table = _TIMM_DS_BLOCK if isinstance(block.expand, nn.Identity) else _TIMM_IR_BLOCK
@@ -260,7 +245,8 @@ class MobileNet(ImageModel):
 
 
 class MobileNetV1(MobileNet):
-    """MobileNet v1: a 3x3/2 stem and 13 depthwise-separable blocks (the paper's Table 1).
+    """MobileNet v1: a 3x3/2 stem and 13 depthwise-separable blocks (the paper's Table 1), each the shared
+    :class:`convatlas.nn.SeparableConv2d` with BatchNorm and the activation after both convolutions.
 
     Args:
         width_mult: the paper's width multiplier ``alpha`` (1.0, 0.75, 0.5, 0.25); channels are rounded to multiples
@@ -296,7 +282,11 @@ class MobileNetV1(MobileNet):
         strides = [2]
         for out, stride in self.CONFIG:
             out = make_divisible(out * width_mult, 8)
-            layers.append(DepthwiseSeparable(channels, out, stride=stride, act=act))
+            # Depthwise 3x3 conv-BN-act, pointwise 1x1 conv-BN-act: the shared separable block.
+            block = SeparableConv2d(
+                channels, out, 3, stride=stride, dw_norm=nn.BatchNorm2d, dw_act=act, norm=nn.BatchNorm2d, act=act
+            )
+            layers.append(block)
             strides.append(stride)
             channels = out
         self.features = nn.Sequential(*layers)

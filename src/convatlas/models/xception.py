@@ -25,32 +25,15 @@ from torch import Tensor, nn
 
 from convatlas.models.base import ImageModel
 from convatlas.models.registry import register_model
+from convatlas.nn.conv import SeparableConv2d
 from convatlas.nn.layers import ClassifierHead, ConvNormAct
-
-
-class SeparableConv2d(nn.Module):
-    """Depthwise kxk convolution followed by a pointwise 1x1 convolution, both without bias.
-
-    Built on ``nn.Conv2d`` rather than :class:`convatlas.nn.conv.SeparableConv2d`, whose reference operators check
-    shapes in Python (so ``torch.fx`` cannot trace them) and compute the 1x1 step as a matmul (no cuDNN).
-
-    Shapes:
-        x (Tensor[N, C_in, H, W]) -> Tensor[N, C_out, H, W] (stride 1, "same" padding).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
-        super().__init__()
-        self.dw = nn.Conv2d(
-            in_channels, in_channels, kernel_size, padding=kernel_size // 2, groups=in_channels, bias=False
-        )
-        self.pw = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pw(self.dw(x))
 
 
 class XceptionBlock(nn.Module):
     """``reps`` units of ReLU -> separable 3x3 -> BatchNorm, an optional max pool, plus a shortcut.
+
+    Each unit is ``Sequential(ReLU, SeparableConv2d(norm=BatchNorm2d))``: the shared block of :mod:`convatlas.nn.conv`
+    with nothing between its depthwise and pointwise convolutions, as in the paper.
 
     The shortcut is the identity when shapes match and a 1x1 convolution with BatchNorm otherwise. The leading ReLU
     sees the block input but the shortcut takes it before the ReLU, as in the paper's figure.
@@ -86,7 +69,7 @@ class XceptionBlock(nn.Module):
                 cin, cout = in_channels, (out_channels if i == reps - 1 else in_channels)
             # The first ReLU must leave the block input intact for the shortcut; later ones may work in place.
             act = nn.ReLU(inplace=i > 0) if (i > 0 or start_with_relu) else nn.Identity()
-            units.append(nn.Sequential(act, SeparableConv2d(cin, cout), nn.BatchNorm2d(cout)))
+            units.append(nn.Sequential(act, SeparableConv2d(cin, cout, norm=nn.BatchNorm2d)))
         self.units = nn.Sequential(*units)
         self.pool = nn.MaxPool2d(3, stride, padding=1) if stride != 1 else nn.Identity()
         if in_channels != out_channels or stride != 1:
@@ -127,12 +110,8 @@ class Xception(ImageModel):
         ]
         self.blocks = nn.Sequential(*blocks)
         self.exit = nn.Sequential(
-            SeparableConv2d(1024, 1536),
-            nn.BatchNorm2d(1536),
-            nn.ReLU(inplace=True),
-            SeparableConv2d(1536, 2048),
-            nn.BatchNorm2d(2048),
-            nn.ReLU(inplace=True),
+            SeparableConv2d(1024, 1536, norm=nn.BatchNorm2d, act=nn.ReLU),
+            SeparableConv2d(1536, 2048, norm=nn.BatchNorm2d, act=nn.ReLU),
         )
         self.num_features = 2048
         self.head = ClassifierHead(2048, num_classes, drop_rate=drop_rate)
@@ -177,12 +156,15 @@ class Xception(ImageModel):
 
 
 _TIMM_TOP = {"conv1": "stem.0.0", "bn1": "stem.0.1", "conv2": "stem.1.0", "bn2": "stem.1.1", "conv3": "exit.0",
-             "bn3": "exit.1", "conv4": "exit.3", "bn4": "exit.4", "fc": "head.fc"}  # fmt: skip
-_TIMM_SEPARABLE = {"conv1": "dw", "pointwise": "pw"}
+             "bn3": "exit.0.pw.1", "conv4": "exit.1", "bn4": "exit.1.pw.1", "fc": "head.fc"}  # fmt: skip
+# timm's SeparableConv2d names its convolutions conv1 (depthwise) and pointwise; ours are dw.0 and pw.0, and the
+# BatchNorm that follows (a separate layer in timm) is pw.1.
+_TIMM_SEPARABLE = {"conv1": "dw.0", "pointwise": "pw.0"}
 
 
 def _rename_timm(key: str, model: Xception) -> str:
-    """timm's blocks hold one flat ``rep`` list (ReLU, separable conv, BN, ...); ours group them in units of three."""
+    """timm's blocks hold one flat ``rep`` list (ReLU, separable conv, BN, ...); ours group each three in a unit
+    ``(ReLU, SeparableConv2d)`` whose block holds the BN as ``pw.1``."""
     if m := re.fullmatch(r"block(\d+)\.skip(bn)?\.(\w+)", key):
         return f"blocks.{int(m[1]) - 1}.shortcut.{1 if m[2] else 0}.{m[3]}"
     if m := re.fullmatch(r"block(\d+)\.rep\.(\d+)\.(.+)", key):
@@ -190,12 +172,16 @@ def _rename_timm(key: str, model: Xception) -> str:
         if not 0 <= block < len(model.blocks):
             return key  # reported as unexpected by load_weights
         index = int(m[2]) + (0 if model.blocks[block].start_with_relu else 1)  # as if the leading ReLU were there
-        unit, slot = divmod(index, 3)  # slot 1: separable conv, slot 2: BatchNorm
+        unit, slot = divmod(index, 3)  # slot 1: separable conv, slot 2: its BatchNorm
         rest = m[3]
         if slot == 1:
             layer, _, param = rest.partition(".")
             rest = f"{_TIMM_SEPARABLE.get(layer, layer)}.{param}"
-        return f"blocks.{block}.units.{unit}.{slot}.{rest}"
+        elif slot == 2:
+            rest = f"pw.1.{rest}"
+        else:
+            return key  # a ReLU has no tensors: reported as unexpected by load_weights
+        return f"blocks.{block}.units.{unit}.1.{rest}"
     layer, _, rest = key.partition(".")
     if layer in ("conv3", "conv4"):
         sub, _, param = rest.partition(".")
@@ -208,4 +194,4 @@ def xception(**kwargs) -> Xception:
     return Xception(**kwargs)
 
 
-__all__ = ["SeparableConv2d", "Xception", "XceptionBlock", "xception"]
+__all__ = ["Xception", "XceptionBlock", "xception"]
