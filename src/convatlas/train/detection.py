@@ -148,7 +148,7 @@ def run(args) -> int:
     or ``image_size`` (128, the scene side), ``max_proposals`` (300), ``max_minutes``
     (none: a budget of process CPU time for training, robust to a shared machine; the cosine learning-rate decay
     then follows the budget when that is further along than the step count),
-    ``device`` (cpu), ``model_args`` (extra builder keywords).
+    ``device`` (cpu), ``threads`` (CPU threads), ``model_args`` (extra builder keywords).
 
     Returns:
         0 on success.
@@ -169,6 +169,8 @@ def run(args) -> int:
     device = torch.device(_arg(args, "device", "cpu"))
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
+    if _arg(args, "threads", 0):
+        torch.set_num_threads(int(args.threads))
     torch.manual_seed(seed)
     train_set = build_detection_dataset(data, "train", num_images=num_train, canvas=canvas,
                                         seed=seed)  # fmt: skip
@@ -287,12 +289,14 @@ def load_detector(checkpoint, *, device: str = "cpu") -> tuple[nn.Module, dict]:
 def evaluate(args) -> int:
     """``convatlas evaluate --checkpoint DIR`` for a detection checkpoint: VOC and COCO metrics on the test split.
 
-    Reads ``checkpoint`` and optionally ``data`` (default: the training data), ``test_images`` or ``limit_test``
-    (default: as in training) and ``device``.
+    Reads ``checkpoint`` and optionally ``data`` (default: the training data), ``test_images``, ``limit_test`` or
+    ``limit`` (default: as in training) and ``device``.
     """
     model, meta = load_detector(args.checkpoint, device=_arg(args, "device", "cpu"))
     data = _arg(args, "data", meta["data"])
-    num_test = int(_arg(args, "test_images", _arg(args, "limit_test", meta.get("test_images", 100))))
+    num_test = int(
+        _arg(args, "test_images", _arg(args, "limit_test", _arg(args, "limit", meta.get("test_images", 100))))
+    )
     test_set = build_detection_dataset(data, "test", num_images=num_test,
                                        canvas=int(meta.get("canvas", 128)), seed=int(meta.get("seed", 0)))  # fmt: skip
     cache = ProposalCache(test_set, max_proposals=int(meta.get("max_proposals", 300)))
