@@ -245,3 +245,16 @@ def test_cuda_roi_ops_equal_cpu():
     rois = random_rois(30, 2, 80.0, dtype=torch.float32)
     for fn, args in ((roi_align, (5, 0.25, 2, True)), (roi_pool, (5, 0.25))):
         torch.testing.assert_close(fn(x.cuda(), rois.cuda(), *args).cpu(), fn(x, rois, *args), atol=1e-5, rtol=1e-5)
+
+
+def test_roi_align_split_into_several_sparse_matrices(monkeypatch):
+    import convatlas.ops.roi as roi_module
+
+    monkeypatch.setattr(roi_module, "_SPARSE_NNZ", 300)  # forces a flush every box or two
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    rois = random_rois(9, 2, 16.0)
+    check_against(
+        lambda inp: roi_align(inp, rois, (3, 2), 1.0, -1, False),
+        lambda inp: torchvision.ops.roi_align(inp, rois, (3, 2), 1.0, -1, False),
+        [x],
+    )  # reference: torchvision.ops.roi_align

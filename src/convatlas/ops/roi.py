@@ -35,6 +35,8 @@ __all__ = ["assign_levels", "boxes_to_rois", "infer_scale", "multi_scale_roi_ali
 
 # elements per gathered temporary (the roi loop is chunked so this bounds memory)
 _CHUNK_ELEMS = 1 << 24
+# weights per sparse matrix of roi_align (about 20 bytes each)
+_SPARSE_NNZ = 1 << 22
 
 
 def boxes_to_rois(boxes: Tensor | Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
@@ -174,35 +176,51 @@ def roi_align(
         grid_w = torch.ceil(roi_w / pw).long().clamp(min=0)
     batch = rois[:, 0].long()
     # The output is linear in the input: out[(k, i, j), :] = sum of weight * flat[cell, :] over the 4 bilinear corners
-    # of every sample of bin (i, j). Build those weights as one sparse matrix and multiply once; autograd gives the
-    # backward (its transpose times the output gradient). One pass per distinct (grid_h, grid_w).
-    rows, cols, weights = [], [], []
+    # of every sample of bin (i, j). Build those weights as a sparse matrix and multiply; autograd gives the backward
+    # (its transpose times the output gradient). One pass per distinct (grid_h, grid_w), split so that one matrix
+    # holds at most _SPARSE_NNZ weights (large boxes with adaptive sampling have many samples per bin).
+    result = None
+    rows, cols, weights, pending = [], [], [], 0
+
+    def flush(result: Tensor | None) -> Tensor:
+        matrix = torch.sparse_coo_tensor(
+            torch.stack([torch.cat(rows), torch.cat(cols)]),
+            torch.cat(weights),
+            (k * ph * pw, n * h * w),
+            check_invariants=False,
+        )
+        rows.clear(), cols.clear(), weights.clear()
+        product = torch.sparse.mm(matrix, flat)
+        return product if result is None else result + product
+
     pairs = torch.stack([grid_h, grid_w], dim=1)
     for gh, gw in torch.unique(pairs, dim=0).tolist():
         if gh == 0 or gw == 0:
             continue  # no samples: the output stays 0, as in the reference
-        idx = torch.nonzero((grid_h == gh) & (grid_w == gw)).flatten()
-        yl, yh, wyl, wyh = _axis_samples(y1[idx], bin_h[idx], ph, gh, h, compute)  # (k, PH*gh)
-        xl, xh, wxl, wxh = _axis_samples(x1[idx], bin_w[idx], pw, gw, w, compute)  # (k, PW*gw)
-        base = (batch[idx] * h * w)[:, None, None]
-        i = torch.arange(ph, device=rois.device).repeat_interleave(gh)  # bin row of each y sample
-        j = torch.arange(pw, device=rois.device).repeat_interleave(gw)  # bin column of each x sample
-        row = (idx[:, None, None] * ph + i[None, :, None]) * pw + j[None, None, :]  # (k, PH*gh, PW*gw)
-        for yi, wy in ((yl, wyl), (yh, wyh)):
-            for xi, wx in ((xl, wxl), (xh, wxh)):
-                rows.append(row.flatten())
-                cols.append((base + yi[:, :, None] * w + xi[:, None, :]).flatten())
-                weights.append((wy[:, :, None] * wx[:, None, :]).flatten() / (gh * gw))
-    if not rows:
+        group = torch.nonzero((grid_h == gh) & (grid_w == gw)).flatten()
+        per_box = 4 * ph * gh * pw * gw
+        step = max(1, _SPARSE_NNZ // per_box)
+        for start in range(0, len(group), step):
+            idx = group[start : start + step]
+            yl, yh, wyl, wyh = _axis_samples(y1[idx], bin_h[idx], ph, gh, h, compute)  # (k, PH*gh)
+            xl, xh, wxl, wxh = _axis_samples(x1[idx], bin_w[idx], pw, gw, w, compute)  # (k, PW*gw)
+            base = (batch[idx] * h * w)[:, None, None]
+            i = torch.arange(ph, device=rois.device).repeat_interleave(gh)  # bin row of each y sample
+            j = torch.arange(pw, device=rois.device).repeat_interleave(gw)  # bin column of each x sample
+            row = (idx[:, None, None] * ph + i[None, :, None]) * pw + j[None, None, :]  # (k, PH*gh, PW*gw)
+            for yi, wy in ((yl, wyl), (yh, wyh)):
+                for xi, wx in ((xl, wxl), (xh, wxh)):
+                    rows.append(row.flatten())
+                    cols.append((base + yi[:, :, None] * w + xi[:, None, :]).flatten())
+                    weights.append((wy[:, :, None] * wx[:, None, :]).flatten() / (gh * gw))
+            pending += len(idx) * per_box
+            if pending >= _SPARSE_NNZ:
+                result, pending = flush(result), 0
+    if rows:
+        result = flush(result)
+    if result is None:  # no box has samples
         return out.permute(0, 3, 1, 2).to(input.dtype)
-    matrix = torch.sparse_coo_tensor(
-        torch.stack([torch.cat(rows), torch.cat(cols)]),
-        torch.cat(weights),
-        (k * ph * pw, n * h * w),
-        check_invariants=False,
-    )
-    out = torch.sparse.mm(matrix, flat).view(k, ph, pw, c)
-    return out.permute(0, 3, 1, 2).to(input.dtype)
+    return result.view(k, ph, pw, c).permute(0, 3, 1, 2).to(input.dtype)
 
 
 def _round_half_away(x: Tensor) -> Tensor:
