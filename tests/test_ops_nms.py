@@ -211,8 +211,10 @@ def slow_soft_nms(boxes, scores, method, sigma, thr, score_thr):
     return keep, kept_scores
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", ["linear", "gaussian"])
-def test_soft_nms_equals_reference(method):
+def test_soft_nms_equals_reference(method, backend, monkeypatch):
+    monkeypatch.setenv("CONVATLAS_NMS_BACKEND", backend)  # C kernel, or the PyTorch loop
     boxes = clustered_boxes(80, objects=4, dtype=torch.float64)
     scores = torch.rand(80, dtype=torch.float64)
     keep, new_scores = B.soft_nms(boxes, scores, method=method, sigma=0.5, iou_threshold=0.3, score_threshold=0.05)
@@ -246,3 +248,15 @@ def test_c_radix_argsort_equals_stable_torch_sort():
     ]
     for scores in cases:
         assert torch.equal(K._order(scores, "c"), torch.sort(scores, descending=True, stable=True).indices)
+
+
+def test_soft_nms_c_and_pytorch_paths_agree_in_float32(monkeypatch):
+    boxes, scores = clustered_boxes(400, objects=8), torch.rand(400)
+    for method in ("linear", "gaussian"):
+        keep_c, scores_c = B.soft_nms(boxes, scores, method=method, score_threshold=0.01)
+        monkeypatch.setenv("CONVATLAS_NMS_BACKEND", "torch")
+        keep_t, scores_t = B.soft_nms(boxes, scores, method=method, score_threshold=0.01)
+        monkeypatch.delenv("CONVATLAS_NMS_BACKEND")
+        assert scores_c.dtype == scores_t.dtype == torch.float32
+        assert keep_c.tolist() == keep_t.tolist()
+        torch.testing.assert_close(scores_c, scores_t)

@@ -379,7 +379,7 @@ def soft_nms(
 
     Returns:
         (Tensor[K], Tensor[K]): int64 indices of the kept boxes in selection order and their decayed scores
-        (float32, float64 for float64 scores).
+        (float64 when boxes or scores are float64, else float32). On CPU a C kernel runs the ``O(N^2)`` loop.
     """
     _check_nms_inputs(boxes, scores, iou_threshold)
     if method not in ("linear", "gaussian"):
@@ -387,7 +387,15 @@ def soft_nms(
     if method == "gaussian" and not sigma > 0:
         raise ValueError(f"sigma must be > 0 for the gaussian method, got {sigma}")
     b = _float(boxes)
-    s = _float(scores).clone()
+    dtype = torch.float64 if torch.float64 in (b.dtype, scores.dtype) else torch.float32
+    fast = _nms_kernels.soft_nms(
+        b.to(dtype), scores.to(dtype), method == "gaussian", float(sigma), float(iou_threshold), float(score_threshold)
+    )
+    if fast is not None:
+        return fast
+    # PyTorch loop: other devices, or no C compiler
+    b = b.to(dtype)
+    s = scores.to(dtype).clone()
     area = box_area(b)
     alive = s >= score_threshold
     keep, kept_scores = [], []

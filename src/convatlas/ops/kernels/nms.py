@@ -202,6 +202,48 @@ int64_t nms_##SUFFIX(const T *b, const int64_t *seg, int64_t nseg, double thr, u
 DEFINE_NMS(f32, float, nextafterf)
 DEFINE_NMS(f64, double, nextafter)
 
+/* Soft-NMS (Bodla et al. 2017), O(N^2): take the alive box with the highest score (ties: lower index), decay the
+   others (linear: s *= 1 - IoU when IoU > iou_thr; gaussian: s *= exp(-IoU^2 / sigma)), drop those below score_thr.
+   scores is updated in place; writes the selected indices and their scores; returns how many. */
+#define DEFINE_SOFT_NMS(SUFFIX, T, EXP)                                                                            \
+int64_t soft_nms_##SUFFIX(const T *b, T *s, int64_t n, int64_t gaussian, double sigma, double iou_thr,            \
+                          double score_thr, int64_t *keep, T *kept_scores) {                                      \
+    uint8_t *alive = (uint8_t *)malloc(n > 0 ? n : 1);                                                              \
+    T *area = (T *)malloc(sizeof(T) * (n > 0 ? n : 1));                                                             \
+    if (!alive || !area) { free(alive); free(area); return -1; }                                                   \
+    for (int64_t i = 0; i < n; i++) {                                                                               \
+        alive[i] = (double)s[i] >= score_thr;                                                                       \
+        area[i] = (b[4 * i + 2] - b[4 * i]) * (b[4 * i + 3] - b[4 * i + 1]);                                       \
+    }                                                                                                               \
+    int64_t nk = 0;                                                                                                 \
+    for (;;) {                                                                                                      \
+        int64_t m = -1;                                                                                             \
+        for (int64_t i = 0; i < n; i++)                                                                             \
+            if (alive[i] && (m < 0 || s[i] > s[m])) m = i;                                                          \
+        if (m < 0) break;                                                                                           \
+        keep[nk] = m; kept_scores[nk++] = s[m]; alive[m] = 0;                                                       \
+        const T *p = b + 4 * m;                                                                                     \
+        for (int64_t i = 0; i < n; i++) {                                                                           \
+            if (!alive[i]) continue;                                                                                \
+            const T *q = b + 4 * i;                                                                                 \
+            T xx1 = p[0] > q[0] ? p[0] : q[0], yy1 = p[1] > q[1] ? p[1] : q[1];                                     \
+            T xx2 = p[2] < q[2] ? p[2] : q[2], yy2 = p[3] < q[3] ? p[3] : q[3];                                     \
+            T w = xx2 - xx1; w = w > 0 ? w : 0;                                                                     \
+            T h = yy2 - yy1; h = h > 0 ? h : 0;                                                                     \
+            T inter = w * h;                                                                                        \
+            T iou = inter / (area[m] + area[i] - inter);                                                            \
+            if (gaussian) s[i] = s[i] * EXP(-(iou * iou) / (T)sigma);                                               \
+            else if ((double)iou > iou_thr) s[i] = s[i] * (1 - iou);                                                \
+            if (!((double)s[i] >= score_thr)) alive[i] = 0;                                                         \
+        }                                                                                                           \
+    }                                                                                                               \
+    free(alive); free(area);                                                                                        \
+    return nk;                                                                                                      \
+}
+
+DEFINE_SOFT_NMS(f32, float, expf)
+DEFINE_SOFT_NMS(f64, double, exp)
+
 /* Stable descending argsort of float32 scores: LSD radix sort, 3 passes of 11 bits. Equal scores keep index order;
    -0.0 equals 0.0; NaN (positive sign) sorts first, as in torch.sort(descending=True). Returns 0 or -1. */
 int64_t argsort_desc_f32(const float *s, int64_t n, int64_t *out) {
@@ -287,6 +329,11 @@ def load_library() -> ctypes.CDLL | None:
             fn = getattr(lib, name)
             fn.restype = ctypes.c_int64
             fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p]
+        for name in ("soft_nms_f32", "soft_nms_f64"):
+            fn = getattr(lib, name)
+            fn.restype = ctypes.c_int64
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 2, *[ctypes.c_double] * 3]
+            fn.argtypes += [ctypes.c_void_p, ctypes.c_void_p]
         lib.argsort_desc_f32.restype = ctypes.c_int64
         lib.argsort_desc_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
         _lib = lib
@@ -443,3 +490,25 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, thr: float, backend
         keep = greedy_torch(boxes[order], thr, cls=idxs[order], block=_block_for(boxes.device))
     kept = order[keep].sort().values  # by index, so the stable sort below breaks score ties by index
     return kept[_order(scores[kept], backend)]
+
+
+def soft_nms(
+    boxes: Tensor, scores: Tensor, gaussian: bool, sigma: float, iou_threshold: float, score_threshold: float
+) -> tuple[Tensor, Tensor] | None:
+    """Soft-NMS in the C kernel for CPU float32/float64 ``boxes`` and ``scores`` of the same dtype; ``None`` when the
+    kernel is unavailable (the caller then runs its PyTorch loop). See :func:`convatlas.ops.boxes.soft_nms`."""
+    if boxes.device.type != "cpu" or backend_for(boxes.device) != "c":
+        return None
+    b = boxes.detach().contiguous()
+    s = scores.detach().to(b.dtype).clone().contiguous()
+    keep = torch.empty(len(b), dtype=torch.int64)
+    kept_scores = torch.empty(len(b), dtype=b.dtype)
+    lib = load_library()
+    fn = lib.soft_nms_f64 if b.dtype == torch.float64 else lib.soft_nms_f32
+    count = fn(
+        b.data_ptr(), s.data_ptr(), len(b), int(gaussian), sigma, iou_threshold, score_threshold,
+        keep.data_ptr(), kept_scores.data_ptr(),
+    )  # fmt: skip
+    if count < 0:
+        raise MemoryError(f"C soft-NMS kernel could not allocate its work arrays for {len(b)} boxes")
+    return keep[:count], kept_scores[:count]
