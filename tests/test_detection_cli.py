@@ -3,7 +3,6 @@ commands end to end on a small COCO folder written here."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -94,18 +93,17 @@ def test_voc_sample_boxes_are_tight_around_its_masks():
 
 @pytest.mark.slow
 def test_train_evaluate_and_detect_end_to_end(coco_dir, tmp_path, capsys):
-    from convatlas.train.detection import evaluate, run
-
     out = tmp_path / "run"
-    model_args = {"anchor_sizes": (16.0, 32.0, 64.0, 128.0), "representation_size": 64}
-    args = argparse.Namespace(model="faster_rcnn", data=f"coco:{coco_dir}", epochs=2, batch_size=4, out=str(out),
-                              model_args=model_args)  # fmt: skip
-    assert run(args) == 0
+    argv = ["train", "--task", "detection", "--model", "faster_rcnn", "--backbone", "mobilenet_v3_small",
+            "--data", f"coco:{coco_dir}", "--epochs", "2", "--batch-size", "4", "--out", str(out),
+            "--model-arg", "anchor_sizes=(16.0, 32.0, 64.0, 128.0)",
+            "--model-arg", "representation_size=64"]  # fmt: skip
+    assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_images"] == 4 and 0 <= metrics["voc_map50"] <= 1 and metrics["train_steps"] == 4
     assert (out / "last.json").is_file()
-    assert evaluate(argparse.Namespace(checkpoint=str(out))) == 0
-    assert "VOC mAP@0.5" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(out)]) == 0
+    assert "faster_rcnn on coco:" in capsys.readouterr().out
     picture = coco_dir / "test" / "100.png"
     assert main(["detect", "--checkpoint", str(out), str(picture), "--out", str(tmp_path / "det"),
                  "--score-threshold", "0"]) == 0  # fmt: skip
