@@ -181,3 +181,12 @@ def test_cli_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_wrong_features_and_channels_name_the_layer():
+    with pytest.raises(ValueError, match=r"layer 1 \(Linear\): expects 10 input features, got 12"):
+        summary(nn.Sequential(nn.Flatten(), nn.Linear(10, 2)), (3, 4))
+    with pytest.raises(ValueError, match=r"layer 1 \(BatchNorm2d\): expects 8 channels, got 4"):
+        summary(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(8)), (1, 8, 8))
+    with pytest.raises(ValueError, match=r"layer 0 \(ConvTranspose2d\): expects 4 input channels, got 2"):
+        summary(nn.Sequential(nn.ConvTranspose2d(4, 2, 2, stride=2)), (2, 8, 8))

@@ -77,6 +77,26 @@ def input_dtype(model: nn.Module, input_size: tuple[int, ...], dtype: torch.dtyp
     return torch.float32
 
 
+def _check_norm(module: nn.Module, args, where: str) -> None:
+    """Normalisation layers check their channels inside composite ATen code, before the tracer sees an operator:
+    check them here, so that the error names the layer and both numbers."""
+    x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    if x is None:
+        return
+    if isinstance(module, nn.modules.batchnorm._NormBase) and x.dim() > 1 and x.shape[1] != module.num_features:
+        raise ValueError(
+            f"{where}: expects {module.num_features} channels, got {x.shape[1]} (input of shape {tuple(x.shape)})"
+        )
+    if isinstance(module, nn.GroupNorm) and x.dim() > 1 and x.shape[1] != module.num_channels:
+        raise ValueError(
+            f"{where}: expects {module.num_channels} channels, got {x.shape[1]} (input of shape {tuple(x.shape)})"
+        )
+    if type(module) is nn.LayerNorm:  # subclasses (LayerNorm2d of ConvNeXt) take channels-first input
+        shape = tuple(module.normalized_shape)
+        if tuple(x.shape[x.dim() - len(shape) :]) != shape:
+            raise ValueError(f"{where}: normalises the last dimensions {shape}, got input of shape {tuple(x.shape)}")
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for t in model.parameters():
         return t.device
@@ -129,6 +149,7 @@ def _run(model: nn.Module, size, dtype, fields: bool, device: str) -> Trace:
         calls.append(call)
         open_calls.append(call)
         tracer.stack.append(Frame(path, module))
+        _check_norm(module, args, tracer.where())
 
     def post_hook(module, args, output, path=""):
         frame = tracer.stack.pop()
