@@ -225,3 +225,17 @@ def test_precise_batch_norm_sets_population_statistics():
     torch.testing.assert_close(bn.running_mean, x.mean(dim=1))
     torch.testing.assert_close(bn.running_var, x.var(dim=1, unbiased=True))
     assert bn.momentum == 0.01 and not model.training
+
+
+@pytest.mark.parametrize("name", ["fast_rcnn", "rcnn"])
+def test_no_proposals_and_no_boxes_give_zero_losses_and_no_detections(name):
+    # regression: an empty RoI set once failed reshaping its (0, (K+1)*4) deltas
+    kwargs = {"num_classes": 3, "backbone": BACKBONE}
+    kwargs.update({"warp_size": 32, "context": 2} if name == "rcnn" else {"representation_size": 32})
+    model = create_model(name, **kwargs)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    image = torch.rand(3, 64, 64)
+    losses, detections = model([image, image], [empty, empty], proposals=[torch.zeros(0, 4), torch.zeros(0, 4)])
+    assert all(v.item() == 0.0 for v in losses.values())
+    assert [len(d["boxes"]) for d in detections] == [0, 0]
+    sum(losses.values()).backward()

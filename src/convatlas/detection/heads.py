@@ -225,7 +225,7 @@ class RoIHeads(nn.Module):
         both averaged over the sampled RoIs."""
         loss_cls = F.cross_entropy(logits, labels) if len(labels) else logits.sum() * 0.0
         fg = torch.nonzero(labels > 0).flatten()
-        deltas = deltas.reshape(len(deltas), -1, 4)[fg, labels[fg]]
+        deltas = deltas.reshape(len(deltas), self.num_classes + 1, 4)[fg, labels[fg]]
         loss_box = F.smooth_l1_loss(deltas, goals[fg].to(deltas), beta=1.0, reduction="sum") / max(len(labels), 1)
         return {"loss_classifier": loss_cls, "loss_box": loss_box}
 
@@ -234,7 +234,7 @@ class RoIHeads(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Per image: softmax scores, class-specific decoding, clipping, score threshold, per-class NMS, top-k."""
         scores_all = F.softmax(logits.float(), dim=-1)
-        deltas_all = deltas.float().reshape(len(deltas), -1, 4)
+        deltas_all = deltas.float().reshape(len(deltas), self.num_classes + 1, 4)
         out = []
         for boxes, scores, d, size in zip(
             proposals,
