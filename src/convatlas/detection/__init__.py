@@ -6,7 +6,15 @@
 """
 
 from convatlas.detection.anchors import AnchorGenerator, match_boxes, sample_labels
-from convatlas.detection.detectors import RCNN, Backbone, FasterRCNN, FastRCNN, check_targets
+from convatlas.detection.detectors import (
+    RCNN,
+    Backbone,
+    FasterRCNN,
+    FastRCNN,
+    SelectiveSearchProposer,
+    TwoStageDetector,
+    check_targets,
+)
 from convatlas.detection.evaluation import average_precision, coco_evaluate, voc_evaluate
 from convatlas.detection.heads import BoxPredictor, RoIHeads, RoIPoolFeatures, WarpFeatures
 from convatlas.detection.proposals import Strategy, selective_search
@@ -23,7 +31,9 @@ __all__ = [
     "RegionProposalNetwork",
     "RoIHeads",
     "RoIPoolFeatures",
+    "SelectiveSearchProposer",
     "Strategy",
+    "TwoStageDetector",
     "WarpFeatures",
     "average_precision",
     "check_targets",
