@@ -1,12 +1,17 @@
 """RoI align / RoI pool / the multi-scale pooler against torchvision.ops, slow float64 loops and gradcheck."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 
 from convatlas.nn import MultiScaleRoIAlign, RoIAlign, RoIPool
+from convatlas.ops.kernels import roi_align_triton
 from convatlas.ops.kernels import roi_pool as roi_pool_kernel
 from convatlas.ops.roi import assign_levels, boxes_to_rois, multi_scale_roi_align, roi_align, roi_pool
 from helpers import check_against
@@ -258,3 +263,44 @@ def test_roi_align_split_into_several_sparse_matrices(monkeypatch):
         lambda inp: torchvision.ops.roi_align(inp, rois, (3, 2), 1.0, -1, False),
         [x],
     )  # reference: torchvision.ops.roi_align
+
+
+_TRITON_CHECK = """
+import sys, torch, torchvision
+sys.path.insert(0, "tests")
+from helpers import check_against
+from convatlas.ops.kernels import roi_align_triton as kernels
+from convatlas.ops.roi import roi_align
+
+assert kernels.available(torch.device("cpu")), "the interpreter must route CPU tensors to the Triton kernels"
+calls = []
+apply = kernels._RoIAlignTriton.apply
+kernels._RoIAlignTriton.apply = lambda *args: (calls.append(1), apply(*args))[1]
+gen = torch.Generator().manual_seed(0)
+for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+    x = torch.randn(2, 3, 9, 11, generator=gen, dtype=dtype).requires_grad_()
+    xy = torch.rand(6, 2, generator=gen, dtype=dtype) * 44 - 4
+    wh = torch.rand(6, 2, generator=gen, dtype=dtype) * 25
+    rois = torch.cat([torch.randint(0, 2, (6, 1), generator=gen).to(dtype), xy, xy + wh], dim=1)
+    for ratio, aligned, scale in ((-1, False, 0.25), (2, True, 0.3), (0, True, 0.2)):
+        check_against(
+            lambda inp: roi_align(inp, rois, (2, 3), scale, ratio, aligned),
+            lambda inp: torchvision.ops.roi_align(inp, rois, (2, 3), scale, ratio, aligned),
+            [x], atol=atol, rtol=atol,
+        )
+assert len(calls) == 6, calls  # every case went through the kernels
+print("triton roi_align ok")
+"""
+
+
+def test_triton_roi_align_under_interpreter_matches_torchvision():
+    # Triton reads TRITON_INTERPRET when it is imported, so the kernels run in a fresh process; reference: torchvision
+    if roi_align_triton.triton is None:
+        pytest.skip("Triton is not installed")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = Path(__file__).parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", _TRITON_CHECK], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "triton roi_align ok" in result.stdout

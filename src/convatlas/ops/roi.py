@@ -5,7 +5,8 @@ stride-16 backbone). They come either as one ``Tensor[K, 5]`` whose first column
 ``Tensor[L, 4]``, one per image, as in ``torchvision.ops``.
 
 RoI align is linear in the input: its bilinear weights for all boxes form one sparse ``[K*PH*PW, N*H*W]`` matrix that
-multiplies the channels-last feature map once, and autograd gives the backward (the transposed product). RoI pool
+multiplies the channels-last feature map once, and autograd gives the backward (the transposed product); on CUDA,
+Triton kernels (``kernels/roi_align_triton.py``) do the same sampling directly. RoI pool
 runs a small C kernel on CPU (``kernels/roi_pool.py``: a direct scan, and a scatter to the argmax for the backward);
 elsewhere, or without a compiler, a vectorised PyTorch path keeps the first strict maximum of each bin and gathers
 the output at it. float16/bfloat16 inputs are computed in float32 and cast back. Boxes get no gradient, as in
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from convatlas.ops.kernels import roi_align_triton as _roi_align_triton
 from convatlas.ops.kernels import roi_pool as _roi_pool_kernel
 
 __all__ = ["assign_levels", "boxes_to_rois", "infer_scale", "multi_scale_roi_align", "roi_align", "roi_pool"]
@@ -161,6 +163,11 @@ def roi_align(
     out = flat.new_zeros((k, ph, pw, c))
     if k == 0:
         return out.permute(0, 3, 1, 2).to(input.dtype)
+    if _roi_align_triton.available(input.device):  # CUDA (or Triton's interpreter on CPU)
+        out = _roi_align_triton.roi_align_triton(
+            flat, rois, input.shape, (ph, pw), spatial_scale, sampling_ratio, aligned
+        )
+        return out.view(k, ph, pw, c).permute(0, 3, 1, 2).to(input.dtype)
     offset = 0.5 if aligned else 0.0
     scale = torch.tensor(spatial_scale, dtype=compute)
     x1, y1 = rois[:, 1] * scale - offset, rois[:, 2] * scale - offset
