@@ -368,3 +368,15 @@ def test_models_fx_cannot_trace_still_get_the_graph_method():
     rf = receptive_field(model, (1, 24, 24), layer="")
     assert rf.method == "graph" and rf.size == (7, 7) and rf.jump == (2, 2)
     assert_graph_matches_gradients(model, (1, 24, 24), layer="")
+
+
+@pytest.mark.parametrize(("name", "side"), [("mobilenet_v1", 224), ("resnext50_32x4d", 256), ("mobilenet_v2", 256)])
+def test_zoo_models_graph_equals_gradients_informative(name, side):
+    # the registry sweep runs at 32x32, where deep fields cover the whole input; here the corner positions' fields
+    # end inside the input, so the comparison checks sizes and offsets
+    if name not in list_models():
+        pytest.skip(f"{name} is not registered")
+    with torch.device("meta"):
+        model = create_model(name)
+    _, fields = assert_graph_matches_gradients(model, (3, side, side))
+    assert 0 < fields[0].rhi[0] < side - 1
