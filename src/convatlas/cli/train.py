@@ -12,6 +12,7 @@ import argparse
 import ast
 import importlib
 import json
+import warnings
 from pathlib import Path
 
 from convatlas.utils import close_matches
@@ -220,16 +221,18 @@ def _export(args: argparse.Namespace) -> int:
     x = torch.rand(2, meta["in_channels"], *size)
     out = Path(args.onnx)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        model,
-        (x,),
-        str(out),
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=args.opset,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():  # the TorchScript exporter warns that it is not the default any more
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (x,),
+            str(out),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=args.opset,
+            dynamo=False,
+        )
     import onnx
 
     proto = onnx.load(str(out))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,9 @@ def plot_curves(records: list[dict], path: str | os.PathLike, *, metric: str = "
         ax1.plot(x, [r["train_loss"] for r in epochs], "o-", label="train (epoch)")
         ax1.plot(x, [r["test_loss"] for r in epochs], "s-", label="test")
         labels = [r["epoch"] for r in epochs]
-        ax2.plot(labels, [r[f"train_{metric}"] for r in epochs], "o-", label="train")
+        train_values = [r.get(f"train_{metric}", float("nan")) for r in epochs]
+        if not all(math.isnan(v) for v in train_values):  # segmentation runs measure mIoU on the test set only
+            ax2.plot(labels, train_values, "o-", label="train")
         ax2.plot(labels, [r[f"test_{metric}"] for r in epochs], "s-", label="test")
     ax1.set(xlabel="step", ylabel="loss", title="loss")
     ax2.set(xlabel="epoch", ylabel=metric, title="accuracy" if metric == "acc" else "mean IoU")
