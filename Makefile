@@ -56,7 +56,7 @@ tour: setup
 # 10,000 test images; the checkpoint, metrics.jsonl and plots stay in runs/demo-<time>. The last line printed is
 # `test accuracy: 0.XXXX`. DEMO_THREADS=0 lets torch use every core.
 DEMO_THREADS ?= 0
-DEMO_ARGS := --model mobilenet_v2 --model-arg width_mult=0.5 --data fashion-mnist --epochs 4 --batch-size 128 \
+DEMO_ARGS := --model mobilenet_v2 --model-arg width_mult=0.5 --data fashion-mnist --epochs 10 --batch-size 128 \
 	--opt adamw --lr 0.004 --weight-decay 0.05 --warmup-epochs 0.3 --label-smoothing 0.1 --channels-last
 demo: setup data
 	$(VENV)/bin/convatlas train $(DEMO_ARGS) --threads $(DEMO_THREADS) --out runs/demo-$$(date +%Y%m%d-%H%M%S)
