@@ -145,6 +145,12 @@ def test_create_model_unknown_keyword_lists_close_matches():
         create_model("mobilenet_v2", width_multiplier=0.5)
 
 
+def test_create_model_keyword_fixed_by_the_variant_is_a_clear_error():
+    # Regression: resnext50_32x4d fixes depths; passing it used to escape as a TypeError ("multiple values").
+    with pytest.raises(ValueError, match=r"resnext50_32x4d: 'depths' is fixed by this variant.*ResNeXt\(\.\.\.\)"):
+        create_model("resnext50_32x4d", depths=(1, 1, 1, 1))
+
+
 def test_duplicate_registration_raises():
     def densenet121(**kwargs):  # same name as a registered builder
         raise AssertionError("never built")

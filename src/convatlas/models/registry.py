@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,7 +76,11 @@ def model_info(name: str) -> ModelInfo:
 
 
 def accepted_keywords(name: str) -> set[str] | None:
-    """The keywords ``create_model(name, ...)`` accepts, or ``None`` when they cannot be known in advance."""
+    """The keywords ``create_model(name, ...)`` accepts, or ``None`` when they cannot be known in advance.
+
+    These are the builder's own keywords and its model class's; a few of the latter may be fixed by the variant
+    (``depths`` for ``resnext50_32x4d``), which :func:`create_model` reports as such.
+    """
     builder = model_info(name).builder
     params = inspect.signature(builder).parameters
     names = {p for p, v in params.items() if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)}
@@ -103,4 +108,15 @@ def create_model(name: str, **kwargs):
             if key not in allowed:
                 accepted = ", ".join(sorted(allowed))
                 raise ValueError(f"{name}: unknown keyword {key!r}{close_matches(key, allowed)} (accepted: {accepted})")
-    return info.builder(**kwargs)
+    try:
+        return info.builder(**kwargs)
+    except TypeError as err:
+        # A variant builder fixes the keywords that define it (``depths`` for resnext50_32x4d, ...).
+        fixed = re.search(r"multiple values for (?:keyword )?argument '(\w+)'", str(err))
+        if fixed and fixed.group(1) in kwargs:
+            raise ValueError(
+                f"{name}: {fixed.group(1)!r} is fixed by this variant (it defines the architecture); "
+                f"build {getattr(typing.get_type_hints(info.builder).get('return'), '__name__', 'the model class')}"
+                f"(...) directly for another value"
+            ) from None
+        raise
