@@ -27,6 +27,15 @@ def pool_backend(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["sparse", "separable"])
+def align_path(request, monkeypatch):
+    """Run a RoI align test on both CPU paths: the sparse weight matrix and the dense separable contractions."""
+    import convatlas.ops.roi as roi_module
+
+    monkeypatch.setattr(roi_module, "_SPARSE_COST", 0.0 if request.param == "sparse" else math.inf)
+    return request.param
+
+
 def random_rois(k: int, batch: int, size: float, dtype=torch.float64, gen=None) -> torch.Tensor:
     xy = torch.rand(k, 2, generator=gen, dtype=torch.float64) * size * 1.1 - 0.1 * size  # some start outside
     wh = torch.rand(k, 2, generator=gen, dtype=torch.float64) * size * 0.7
@@ -109,7 +118,7 @@ def slow_roi_pool(x, rois, out_size, scale):
 
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sampling_ratio", [-1, 2])
-def test_roi_align_matches_torchvision_forward_and_backward(aligned, sampling_ratio):
+def test_roi_align_matches_torchvision_forward_and_backward(aligned, sampling_ratio, align_path):
     x = torch.randn(2, 3, 11, 13, dtype=torch.float64, requires_grad=True)
     rois = random_rois(12, 2, 40.0)
     for scale in (0.25, 0.5):
@@ -121,7 +130,7 @@ def test_roi_align_matches_torchvision_forward_and_backward(aligned, sampling_ra
 
 
 @pytest.mark.parametrize("aligned", [False, True])
-def test_roi_align_matches_slow_float64_loop(aligned):
+def test_roi_align_matches_slow_float64_loop(aligned, align_path):
     x = torch.randn(2, 2, 7, 9, dtype=torch.float64)
     rois = random_rois(6, 2, 9.0)
     for sr in (-1, 3):
@@ -256,6 +265,7 @@ def test_roi_align_split_into_several_sparse_matrices(monkeypatch):
     import convatlas.ops.roi as roi_module
 
     monkeypatch.setattr(roi_module, "_SPARSE_NNZ", 300)  # forces a flush every box or two
+    monkeypatch.setattr(roi_module, "_SPARSE_COST", 0.0)  # the sparse path
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64, requires_grad=True)
     rois = random_rois(9, 2, 16.0)
     check_against(
@@ -263,6 +273,33 @@ def test_roi_align_split_into_several_sparse_matrices(monkeypatch):
         lambda inp: torchvision.ops.roi_align(inp, rois, (3, 2), 1.0, -1, False),
         [x],
     )  # reference: torchvision.ops.roi_align
+
+
+def test_roi_align_separable_path_on_a_detector_head_call(monkeypatch):
+    """The call a Faster R-CNN head makes (small stride-16 map, many boxes from a list, sampling 2, aligned, float32,
+    unsorted images, some boxes off the map) takes the separable path and matches torchvision.ops.roi_align."""
+    import convatlas.ops.roi as roi_module
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 8, 8, 8, generator=gen, requires_grad=True)
+    boxes = [random_rois(n, 1, 140.0, torch.float32, gen)[:, 1:] for n in (40, 0, 25)]
+    calls = []
+    separable = roi_module._roi_align_separable
+    monkeypatch.setattr(roi_module, "_roi_align_separable", lambda *a: calls.append(1) or separable(*a))
+    for aligned in (True, False):
+        ours = roi_align(x, boxes, 7, 1 / 16, 2, aligned)
+        ref = torchvision.ops.roi_align(x, boxes, 7, 1 / 16, 2, aligned)  # reference: torchvision.ops.roi_align
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+        grad = torch.randn(ref.shape, generator=gen)
+        (g_ours,) = torch.autograd.grad(ours, x, grad)
+        (g_ref,) = torch.autograd.grad(ref, x, grad)
+        torch.testing.assert_close(g_ours, g_ref, atol=1e-4, rtol=1e-5)
+    assert len(calls) == 2, "the detector-head call must take the separable path"
+    rois = boxes_to_rois(boxes)[torch.randperm(65, generator=gen)]  # boxes of different images interleaved
+    torch.testing.assert_close(
+        roi_align(x, rois, (7, 5), 1 / 16, -1, True), torchvision.ops.roi_align(x, rois, (7, 5), 1 / 16, -1, True),
+        atol=1e-5, rtol=1e-5,
+    )  # fmt: skip
 
 
 _TRITON_CHECK = """

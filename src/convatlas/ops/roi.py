@@ -39,6 +39,8 @@ __all__ = ["assign_levels", "boxes_to_rois", "infer_scale", "multi_scale_roi_ali
 _CHUNK_ELEMS = 1 << 24
 # weights per sparse matrix of roi_align (about 20 bytes each)
 _SPARSE_NNZ = 1 << 22
+# CPU cost of one scattered sparse multiply-add in units of one dense (GEMM) one, for choosing roi_align's path
+_SPARSE_COST = 8.0
 
 
 def boxes_to_rois(boxes: Tensor | Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
@@ -134,6 +136,67 @@ def _axis_samples(start: Tensor, bin_size: Tensor, pooled: int, grid: int, size:
     return low, high, w_low, w_high
 
 
+def _axis_weights(
+    start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size: int, compute: torch.dtype
+) -> Tensor:
+    """Dense bilinear weights along one axis: ``A[k, p, t]`` is the mean over bin ``p``'s samples of their weight on
+    cell ``t`` (0 for a box with no samples). Returns Tensor[K, pooled, size]."""
+    k = len(start)
+    weights = torch.zeros((k, pooled, size), dtype=compute, device=start.device)
+    for g in torch.unique(grid).tolist():
+        if g == 0:
+            continue  # no samples: the row stays 0, as in the reference
+        idx = torch.nonzero(grid == g).flatten()
+        low, high, w_low, w_high = _axis_samples(start[idx], bin_size[idx], pooled, g, size, compute)
+        part = torch.zeros((len(idx), pooled, size), dtype=compute, device=start.device)
+        part.scatter_add_(2, low.view(-1, pooled, g), (w_low / g).view(-1, pooled, g))
+        part.scatter_add_(2, high.view(-1, pooled, g), (w_high / g).view(-1, pooled, g))
+        weights[idx] = part
+    return weights
+
+
+def _separable_is_cheaper(h: int, w: int, ph: int, pw: int, grid_h: Tensor, grid_w: Tensor) -> bool:
+    """Whether the dense separable path should run: its work per box and channel, ``H W PW + H PH PW`` dense
+    multiply-adds, against the sparse path's ``4 PH PW g_h g_w`` scattered ones, which cost about
+    ``_SPARSE_COST`` times more each on CPU (small feature maps, as in a detector's RoI head, favour it)."""
+    samples = float((grid_h * grid_w).double().mean())
+    return h * w * pw + h * ph * pw <= _SPARSE_COST * 4 * ph * pw * max(samples, 1.0)
+
+
+def _roi_align_separable(
+    input: Tensor, batch: Tensor, y_axis: tuple[Tensor, Tensor, Tensor], x_axis: tuple[Tensor, Tensor, Tensor],
+    ph: int, pw: int,
+) -> Tensor:  # fmt: skip
+    """RoI align as two dense contractions: bilinear sampling and bin averaging are separable, so
+    ``out[k, c, i, j] = sum_y A_y[k, i, y] sum_x input[b_k, c, y, x] A_x[k, j, x]``. One matrix product per image
+    (and chunk of its boxes) contracts the rows, a batched product the columns; autograd gives the backward.
+
+    Args:
+        input (Tensor[N, C, H, W]): feature map in the compute dtype.
+        batch (Tensor[K]): image index of each box.
+        y_axis, x_axis: per-box start, bin size and samples per bin along rows / columns.
+        ph, pw: output size.
+
+    Returns:
+        Tensor[K, C, PH, PW]
+    """
+    n, c, h, w = input.shape
+    k = len(batch)
+    a_y = _axis_weights(*y_axis, ph, h, input.dtype)  # (K, PH, H)
+    a_x = _axis_weights(*x_axis, pw, w, input.dtype).transpose(1, 2)  # (K, W, PW)
+    out = input.new_empty((k, ph, c, pw))
+    step = max(1, _CHUNK_ELEMS // (ph * c * w))
+    for b in torch.unique(batch).tolist():
+        boxes = torch.nonzero(batch == b).flatten()
+        feature = input[b].permute(1, 0, 2).reshape(h, c * w)  # (H, C*W)
+        for start in range(0, len(boxes), step):
+            idx = boxes[start : start + step]
+            m = len(idx)
+            rows = (a_y[idx].reshape(m * ph, h) @ feature).view(m, ph * c, w)  # rows contracted: (m, PH*C, W)
+            out.index_copy_(0, idx, torch.bmm(rows, a_x[idx]).view(m, ph, c, pw))  # columns contracted
+    return out.permute(0, 2, 1, 3)
+
+
 def roi_align(
     input: Tensor,
     boxes: Tensor | Sequence[Tensor],
@@ -160,9 +223,8 @@ def roi_align(
     flat, rois, ph, pw, compute = _prepare(input, boxes, output_size, spatial_scale, "roi_align")
     n, c, h, w = input.shape
     k = len(rois)
-    out = flat.new_zeros((k, ph, pw, c))
     if k == 0:
-        return out.permute(0, 3, 1, 2).to(input.dtype)
+        return input.new_zeros((0, c, ph, pw))
     if _roi_align_triton.available(input.device):  # CUDA (or Triton's interpreter on CPU)
         out = _roi_align_triton.roi_align_triton(
             flat, rois, input.shape, (ph, pw), spatial_scale, sampling_ratio, aligned
@@ -182,6 +244,9 @@ def roi_align(
         grid_h = torch.ceil(roi_h / ph).long().clamp(min=0)
         grid_w = torch.ceil(roi_w / pw).long().clamp(min=0)
     batch = rois[:, 0].long()
+    if _separable_is_cheaper(h, w, ph, pw, grid_h, grid_w):
+        out = _roi_align_separable(input.to(compute), batch, (y1, bin_h, grid_h), (x1, bin_w, grid_w), ph, pw)
+        return out.to(input.dtype)
     # The output is linear in the input: out[(k, i, j), :] = sum of weight * flat[cell, :] over the 4 bilinear corners
     # of every sample of bin (i, j). Build those weights as a sparse matrix and multiply; autograd gives the backward
     # (its transpose times the output gradient). One pass per distinct (grid_h, grid_w), split so that one matrix
@@ -226,7 +291,7 @@ def roi_align(
     if rows:
         result = flush(result)
     if result is None:  # no box has samples
-        return out.permute(0, 3, 1, 2).to(input.dtype)
+        return input.new_zeros((k, c, ph, pw))
     return result.view(k, ph, pw, c).permute(0, 3, 1, 2).to(input.dtype)
 
 
@@ -257,9 +322,8 @@ def roi_pool(
     flat, rois, ph, pw, compute = _prepare(input, boxes, output_size, spatial_scale, "roi_pool")
     n, c, h, w = input.shape
     k = len(rois)
-    out = flat.new_zeros((k, ph, pw, c))
     if k == 0:
-        return out.permute(0, 3, 1, 2).to(input.dtype)
+        return input.new_zeros((0, c, ph, pw))
     if _roi_pool_kernel.available(input.device):  # C kernel: a direct scan, as the reference does
         out = _roi_pool_kernel.RoIPoolFunction.apply(input.to(compute), rois, (ph, pw), float(spatial_scale))
         return out.to(input.dtype)
