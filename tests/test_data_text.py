@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from convatlas.data.text import (
+    KIM_VECTOR_STD,
     Vocabulary,
     encode,
     find_vader_sdist,
@@ -88,6 +89,23 @@ def test_glove_rows_equal_the_published_vectors():
     assert torch.all(emb[0] == 0)  # <pad>
     unknown = emb[vocab.stoi["qqqxyzzy"]]
     assert unknown.abs().max() <= 0.25 and unknown.abs().max() > 0
+
+
+def test_glove_target_std_rescales_the_published_rows():
+    # reference: the published GloVe rows (target_std=None), times one common factor
+    vocab = Vocabulary([["the", "movie", "good", "qqqxyzzy"]])
+    raw, _ = load_glove(vocab, seed=0)
+    scaled, hits = load_glove(vocab, seed=0, target_std=KIM_VECTOR_STD)
+    known = [vocab.stoi[w] for w in ("the", "movie", "good")]
+    assert hits == 3
+    torch.testing.assert_close(scaled[known].std(), torch.tensor(KIM_VECTOR_STD))
+    factor = scaled[known[0], 0] / raw[known[0], 0]
+    torch.testing.assert_close(scaled[known], raw[known] * factor)
+    assert factor < 0.5  # GloVe 50-d spreads wider than word2vec
+    unk = vocab.stoi["qqqxyzzy"]
+    torch.testing.assert_close(scaled[unk], raw[unk])  # unknown words keep U(-0.25, 0.25)
+    with pytest.raises(ValueError, match="target_std must be > 0"):
+        load_glove(vocab, target_std=0.0)
 
 
 def test_tsv_roundtrip_and_errors(tmp_path):

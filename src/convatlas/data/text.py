@@ -35,6 +35,7 @@ from convatlas.utils import close_matches
 
 __all__ = [
     "GLOVE_DIM",
+    "KIM_VECTOR_STD",
     "TextDataset",
     "Vocabulary",
     "encode",
@@ -50,6 +51,7 @@ VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
 _INNER_ARCHIVE = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 _FILES = {"mr": "movieReviewSnippets_GroundTruth.txt", "cr": "amazonReviewSnippets_GroundTruth.txt"}
 GLOVE_DIM = 50
+KIM_VECTOR_STD = 0.25 / 3**0.5  # std of U(-0.25, 0.25): the spread of word2vec components Kim matched
 
 _CLITIC = re.compile(r"(n't|'s|'ve|'re|'d|'ll|'m)\b")
 _TOKEN = re.compile(r"n't|'[a-z]+|[a-z0-9]+(?:[-.][a-z0-9]+)*|[!?,;:()\"]")
@@ -248,15 +250,21 @@ def _glove_index() -> tuple[dict[str, int], np.ndarray]:
     return {w: i for i, w in enumerate(words)}, np.load(emb_path, mmap_mode="r")
 
 
-def load_glove(vocab: Vocabulary, *, scale: float = 0.25, seed: int = 0) -> tuple[Tensor, int]:
+def load_glove(
+    vocab: Vocabulary, *, scale: float = 0.25, seed: int = 0, target_std: float | None = None
+) -> tuple[Tensor, int]:
     """An embedding matrix for ``vocab`` from GloVe 6B 50-d.
 
-    Words GloVe lacks get ``U(-scale, scale)`` vectors (Kim 2014's choice, close to GloVe's spread); ``<pad>`` is zero.
+    Words GloVe lacks get ``U(-scale, scale)`` vectors (Kim 2014's choice for word2vec, whose components spread like
+    ``U(-0.25, 0.25)``, std 0.144); ``<pad>`` is zero. GloVe 6B 50-d components spread about 4.4 times wider (std 0.64
+    over the MR words), so ``target_std`` can rescale the GloVe rows (one factor for all of them, directions kept) to a
+    chosen per-component std, e.g. ``KIM_VECTOR_STD`` to put them on word2vec's scale as Kim's recipe assumes.
 
     Args:
         vocab: the vocabulary.
         scale: half-width of the uniform init of unknown words.
         seed: seed of that init.
+        target_std: per-component std of the GloVe rows after rescaling (None: the published vectors as they are).
 
     Returns:
         (Tensor[V, 50] float32, int): the matrix and how many vocabulary words GloVe has.
@@ -268,8 +276,12 @@ def load_glove(vocab: Vocabulary, *, scale: float = 0.25, seed: int = 0) -> tupl
     hits = [(i, row_of[w]) for i, w in enumerate(vocab.itos) if i > vocab.unk_index and w in row_of]
     if hits:
         ours, theirs = zip(*hits, strict=True)
-        rows = np.asarray(vectors[np.asarray(theirs)], dtype=np.float32)
-        out[torch.as_tensor(ours)] = torch.from_numpy(rows)
+        rows = torch.from_numpy(np.asarray(vectors[np.asarray(theirs)], dtype=np.float32))
+        if target_std is not None:
+            if not target_std > 0:
+                raise ValueError(f"load_glove: target_std must be > 0 or None, got {target_std}")
+            rows = rows * (target_std / rows.std().item())
+        out[torch.as_tensor(ours)] = rows
     return out, len(hits)
 
 

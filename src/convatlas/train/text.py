@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convatlas.data.text import GLOVE_DIM, TextDataset, Vocabulary, encode, load_glove, load_text
+from convatlas.data.text import GLOVE_DIM, KIM_VECTOR_STD, TextDataset, Vocabulary, encode, load_glove, load_text
 from convatlas.models import create_model, model_info
 
 __all__ = ["CVResult", "FoldResult", "TextRunConfig", "cross_validate", "main", "run"]
@@ -210,7 +210,9 @@ def cross_validate(cfg: TextRunConfig, dataset: TextDataset | None = None, *, lo
     min_length = max(KIM_WINDOWS)
     tokens = encode(sentences, vocab, min_length=min_length)  # (N, T_max)
     labels = torch.tensor(dataset.labels, dtype=torch.int64)
-    glove, hits = (None, 0) if cfg.mode == "rand" else load_glove(vocab, seed=cfg.seed)
+    # Kim's recipe assumes word2vec's spread (std 0.144); GloVe 50-d is 4.4x wider, so kim_cnn gets rescaled rows
+    target_std = KIM_VECTOR_STD if cfg.model == "kim_cnn" else None
+    glove, hits = (None, 0) if cfg.mode == "rand" else load_glove(vocab, seed=cfg.seed, target_std=target_std)
     gen = torch.Generator().manual_seed(cfg.seed)
     splits = _split(len(dataset), cfg.folds, cfg.dev_fraction, gen)[: cfg.max_folds or cfg.folds]
     results = []
