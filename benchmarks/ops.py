@@ -134,13 +134,25 @@ def bench_roi(device: str, repeats: int) -> None:
     wh = 16 + torch.rand(k, 2, generator=gen) * 300
     rois = torch.cat([torch.randint(0, 2, (k, 1), generator=gen).float(), xy, xy + wh], dim=1).to(device)
     print(f"\n### RoI operators on {device}: 512 boxes on a 2 x 256 x 50 x 68 map, 7 x 7 output, scale 1/16\n")
-    print(row(["op", "pass", "torchvision ms", "ours ms", "ratio", "max abs diff"]))
-    print(row(["---", "---", "---:", "---:", "---:", "---:"]))
     cases = [
         ("roi_align (sampling 2)", R.roi_align, torchvision.ops.roi_align, (7, 1 / 16, 2, True)),
         ("roi_align (adaptive)", R.roi_align, torchvision.ops.roi_align, (7, 1 / 16, -1, False)),
         ("roi_pool", R.roi_pool, torchvision.ops.roi_pool, (7, 1 / 16)),
     ]
+    roi_table(x, rois, cases, repeats, sync)
+    # The call the Faster R-CNN head makes in benchmarks/detection.py: mobilenet_v3_small's stride-16 map of a batch
+    # of sixteen 128 px scenes (48 channels, 8 x 8) and 150 proposals per image, given as a list (its fast path).
+    x = torch.randn(16, 48, 8, 8, generator=gen).to(device)
+    xy = torch.rand(16, 150, 2, generator=gen) * 110
+    boxes = [torch.cat([p, p + 4 + torch.rand(150, 2, generator=gen) * 90], dim=1).to(device) for p in xy]
+    print(f"\n### RoI align on {device} as a detector head calls it: 16 x 150 boxes (list), 16 x 48 x 8 x 8 map\n")
+    cases = [("roi_align (sampling 2, aligned)", R.roi_align, torchvision.ops.roi_align, (7, 1 / 16, 2, True))]
+    roi_table(x, boxes, cases, repeats, sync)
+
+
+def roi_table(x, rois, cases, repeats: int, sync: bool) -> None:
+    print(row(["op", "pass", "torchvision ms", "ours ms", "ratio", "max abs diff"]))
+    print(row(["---", "---", "---:", "---:", "---:", "---:"]))
     for name, ours_fn, ref_fn, args in cases:
         diff = (ours_fn(x, rois, *args) - ref_fn(x, rois, *args)).abs().max().item()
         t_ref, t_ours = timeit(

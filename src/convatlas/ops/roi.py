@@ -5,7 +5,9 @@ stride-16 backbone). They come either as one ``Tensor[K, 5]`` whose first column
 ``Tensor[L, 4]``, one per image, as in ``torchvision.ops``.
 
 RoI align is linear in the input: its bilinear weights for all boxes form one sparse ``[K*PH*PW, N*H*W]`` matrix that
-multiplies the channels-last feature map once, and autograd gives the backward (the transposed product); on CUDA,
+multiplies the channels-last feature map once, and autograd gives the backward (the transposed product). On small
+maps with many boxes (a detector's RoI head), where that matrix holds 16 weights per output element for few
+channels, the separable form ``A_y x A_x^T`` (two dense products) runs instead, picked by a cost model; on CUDA,
 Triton kernels (``kernels/roi_align_triton.py``) do the same sampling directly. RoI pool
 runs a small C kernel on CPU (``kernels/roi_pool.py``: a direct scan, and a scatter to the argmax for the backward);
 elsewhere, or without a compiler, a vectorised PyTorch path keeps the first strict maximum of each bin and gathers
