@@ -143,8 +143,8 @@ def test_batched_nms_equals_per_class_reference_and_torchvision(backend):
 
 
 def test_fallback_when_the_compiler_is_missing(monkeypatch, tmp_path):
-    monkeypatch.setattr(K, "_lib", None)
-    monkeypatch.setattr(K, "_lib_failed", False)
+    monkeypatch.setattr(K._LIBRARY, "_lib", None)
+    monkeypatch.setattr(K._LIBRARY, "_failed", False)
     monkeypatch.setenv("CONVATLAS_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     with pytest.warns(UserWarning, match="C NMS kernel unavailable"):
@@ -155,8 +155,8 @@ def test_fallback_when_the_compiler_is_missing(monkeypatch, tmp_path):
 
 
 def test_kernel_builds_into_a_fresh_cache(monkeypatch, tmp_path):
-    monkeypatch.setattr(K, "_lib", None)
-    monkeypatch.setattr(K, "_lib_failed", False)
+    monkeypatch.setattr(K._LIBRARY, "_lib", None)
+    monkeypatch.setattr(K._LIBRARY, "_failed", False)
     monkeypatch.setenv("CONVATLAS_CACHE_DIR", str(tmp_path))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -27,15 +27,12 @@ ends after at most ``block`` rounds, in practice a handful.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import subprocess
-import tempfile
-import warnings
-from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from convatlas.ops.kernels.clib import CLibrary
 
 _C_SOURCE = r"""
 #include <math.h>
@@ -279,68 +276,26 @@ int64_t argsort_desc_f32(const float *s, int64_t n, int64_t *out) {
 }
 """
 
-_CFLAGS = ["-O3", "-shared", "-fPIC", "-std=c99", "-ffp-contract=off", "-fno-fast-math"]
-_lib: ctypes.CDLL | None = None
-_lib_failed = False
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("CONVATLAS_CACHE_DIR") or Path.home() / ".cache" / "convatlas"
-    return Path(root) / "kernels"
-
-
-def _build(path: Path, source: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        src = Path(tmp) / "kernel.c"
-        src.write_text(source)
-        out = Path(tmp) / path.name
-        cc = os.environ.get("CC", "gcc")
-        subprocess.run([cc, *_CFLAGS, str(src), "-o", str(out), "-lm"], check=True, capture_output=True, timeout=120)
-        os.replace(out, path)  # atomic: concurrent processes either see the old state or the finished library
-
-
-def compile_library(name: str, source: str) -> ctypes.CDLL:
-    """Compile C ``source`` with gcc into the kernel cache (once per source hash) and load it.
-
-    Raises:
-        OSError, subprocess.SubprocessError: when there is no compiler or the build fails.
-    """
-    digest = hashlib.sha256((source + " ".join(_CFLAGS)).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"convatlas_{name}_{digest}.so"
-    if not path.exists():
-        try:
-            _build(path, source)
-        except PermissionError:  # read-only home (some CI runners): build under the temporary directory instead
-            path = Path(tempfile.gettempdir()) / "convatlas-kernels" / path.name
-            if not path.exists():
-                _build(path, source)
-    return ctypes.CDLL(str(path))
+_VP, _I64, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+_NMS_ARGS = [_VP, _VP, _I64, _F64, _VP]
+_SOFT_NMS_ARGS = [_VP, _VP, _I64, _I64, _F64, _F64, _F64, _VP, _VP]
+_LIBRARY = CLibrary(
+    "nms",
+    _C_SOURCE,
+    {
+        "nms_f32": (_I64, _NMS_ARGS),
+        "nms_f64": (_I64, _NMS_ARGS),
+        "soft_nms_f32": (_I64, _SOFT_NMS_ARGS),
+        "soft_nms_f64": (_I64, _SOFT_NMS_ARGS),
+        "argsort_desc_f32": (_I64, [_VP, _I64, _VP]),
+    },
+    what="C NMS kernel",
+)
 
 
 def load_library() -> ctypes.CDLL | None:
     """The compiled C kernel, building it on first use; ``None`` when it cannot be built (warns once)."""
-    global _lib, _lib_failed
-    if _lib is not None or _lib_failed:
-        return _lib
-    try:
-        lib = compile_library("nms", _C_SOURCE)
-        for name in ("nms_f32", "nms_f64"):
-            fn = getattr(lib, name)
-            fn.restype = ctypes.c_int64
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p]
-        for name in ("soft_nms_f32", "soft_nms_f64"):
-            fn = getattr(lib, name)
-            fn.restype = ctypes.c_int64
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 2, *[ctypes.c_double] * 3]
-            fn.argtypes += [ctypes.c_void_p, ctypes.c_void_p]
-        lib.argsort_desc_f32.restype = ctypes.c_int64
-        lib.argsort_desc_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
-        _lib = lib
-    except (OSError, subprocess.SubprocessError, AttributeError) as exc:
-        _lib_failed = True
-        warnings.warn(f"convatlas: C NMS kernel unavailable ({exc}); using the PyTorch path", stacklevel=3)
-    return _lib
+    return _LIBRARY.load()
 
 
 def backend_for(device: torch.device) -> str:

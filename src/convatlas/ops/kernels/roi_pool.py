@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import ctypes
 import os
-import subprocess
-import warnings
 
 import torch
 from torch import Tensor
 
-from convatlas.ops.kernels.nms import compile_library
+from convatlas.ops.kernels.clib import CLibrary
 
 _C_SOURCE = r"""
 #include <float.h>
@@ -94,31 +92,25 @@ DEFINE_ROI_POOL_BACKWARD(f32, float)
 DEFINE_ROI_POOL_BACKWARD(f64, double)
 """
 
-_lib: ctypes.CDLL | None = None
-_lib_failed = False
+_VP, _I64 = ctypes.c_void_p, ctypes.c_int64
+_ARGMAX_ARGS = [_VP, _I64, _I64, _I64, _VP, _I64, _I64, _I64, ctypes.c_double, _VP, _VP, _VP]
+_BACKWARD_ARGS = [_VP, _VP, _VP, _I64, _I64, _I64, _I64, _VP]
+_LIBRARY = CLibrary(
+    "roi_pool",
+    _C_SOURCE,
+    {
+        "roi_pool_argmax_f32": (None, _ARGMAX_ARGS),
+        "roi_pool_argmax_f64": (None, _ARGMAX_ARGS),
+        "roi_pool_backward_f32": (None, _BACKWARD_ARGS),
+        "roi_pool_backward_f64": (None, _BACKWARD_ARGS),
+    },
+    what="C RoI pool kernel",
+)
 
 
 def load_library() -> ctypes.CDLL | None:
     """The compiled kernel, built on first use; ``None`` when it cannot be built (warns once)."""
-    global _lib, _lib_failed
-    if _lib is not None or _lib_failed:
-        return _lib
-    try:
-        lib = compile_library("roi_pool", _C_SOURCE)
-        for name in ("roi_pool_argmax_f32", "roi_pool_argmax_f64"):
-            fn = getattr(lib, name)
-            fn.restype = None
-            fn.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 3, ctypes.c_void_p, *[ctypes.c_int64] * 3]
-            fn.argtypes += [ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        for name in ("roi_pool_backward_f32", "roi_pool_backward_f64"):
-            fn = getattr(lib, name)
-            fn.restype = None
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 4, ctypes.c_void_p]
-        _lib = lib
-    except (OSError, subprocess.SubprocessError, AttributeError) as exc:
-        _lib_failed = True
-        warnings.warn(f"convatlas: C RoI pool kernel unavailable ({exc}); using the PyTorch path", stacklevel=3)
-    return _lib
+    return _LIBRARY.load()
 
 
 def available(device: torch.device) -> bool:
