@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from convatlas.models.base import ImageModel
 from convatlas.models.registry import register_model
-from convatlas.nn.layers import DropPath, LayerNorm2d
+from convatlas.nn.layers import ClassifierHead, DropPath, LayerNorm2d
 
 LN_EPS = 1e-6
 
@@ -106,28 +106,6 @@ class ConvNeXtStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class ConvNeXtHead(nn.Module):
-    """Global average pooling, LayerNorm, dropout and the linear classifier.
-
-    Shapes:
-        x (Tensor[N, C, H, W]) -> Tensor[N, num_classes]; with ``pre_logits=True``, Tensor[N, C].
-    """
-
-    def __init__(self, in_features: int, num_classes: int, *, drop_rate: float = 0.0):
-        super().__init__()
-        self.in_features = in_features
-        self.norm = nn.LayerNorm(in_features, eps=LN_EPS)
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def reset(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.in_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(self.norm(x.mean((2, 3))))  # (N, C)
-        return x if pre_logits else self.fc(x)
-
-
 class ConvNeXt(ImageModel):
     """ConvNeXt with stage depths ``depths`` and widths ``dims``.
 
@@ -175,7 +153,7 @@ class ConvNeXt(ImageModel):
             prev = dim
         self.stages = nn.Sequential(*stages)
         self.num_features = dims[-1]
-        self.head = ConvNeXtHead(dims[-1], num_classes, drop_rate=drop_rate)
+        self.head = ClassifierHead(dims[-1], num_classes, drop_rate=drop_rate, norm=nn.LayerNorm(dims[-1], eps=LN_EPS))
         self._init_weights()
 
     def _init_weights(self) -> None:

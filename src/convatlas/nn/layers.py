@@ -130,17 +130,20 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 class ClassifierHead(nn.Module):
-    """Global pooling, optional dropout and a linear classifier: ``forward_head`` of the image models.
+    """Global pooling, optional norm and dropout, and a linear classifier: ``forward_head`` of the image models.
+
+    ``norm`` (for example ConvNeXt's ``nn.LayerNorm(C)``) is applied to the pooled features.
 
     Shapes:
         x (Tensor[N, C, H, W]) -> Tensor[N, num_classes]; with ``pre_logits=True``, Tensor[N, C].
     """
 
-    def __init__(self, in_features: int, num_classes: int, *, drop_rate: float = 0.0):
+    def __init__(self, in_features: int, num_classes: int, *, drop_rate: float = 0.0, norm: nn.Module | None = None):
         super().__init__()
         self.in_features = in_features
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
+        self.norm = norm
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -148,7 +151,10 @@ class ClassifierHead(nn.Module):
         self.fc = nn.Linear(self.in_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(self.flatten(self.pool(x)))
+        x = self.flatten(self.pool(x))  # (N, C)
+        if self.norm is not None:
+            x = self.norm(x)
+        x = self.drop(x)
         return x if pre_logits else self.fc(x)
 
 
