@@ -29,3 +29,27 @@ def as_tuple(value, n: int, name: str) -> tuple:
     if len(value) != n:
         raise ValueError(f"{name} must be an int or a sequence of {n}, got {value!r} ({len(value)} values)")
     return value
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str, option: str = "--device"):
+    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a ``torch.device`` that exists here.
+
+    Raises:
+        ValueError: an unknown name, or a CUDA device this machine does not have (naming ``option``).
+    """
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind, _, index = str(name).partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise ValueError(f"{option} must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{option} {name}: CUDA is not available on this machine (use --device cpu)")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ValueError(f"{option} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name)

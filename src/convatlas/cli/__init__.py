@@ -1,8 +1,9 @@
 """The ``convatlas`` command line: argparse subcommands that call the library.
 
 Each command group lives in its own module here and exposes ``register(subparsers)``; its handlers take the parsed
-arguments and return an exit status. A ``ValueError``/``TypeError``/``FileNotFoundError`` raised by the library is the
-user's bad input: it is printed as one line and the command exits with status 2, without a traceback.
+arguments and return an exit status. An error that reports the user's bad input (:mod:`convatlas.errors`: a
+``ValueError``, an ``InputTypeError``, a missing, unwritable or existing file) is printed as one line and the command
+exits with status 2, without a traceback; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from convatlas.errors import USER_ERRORS, one_line
 
 # Command groups, in the order ``convatlas --help`` lists them.
 COMMAND_MODULES = ("arith", "tour", "models", "detect", "train", "analysis")
@@ -38,9 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"convatlas {args.command}: error: {message}", file=sys.stderr)
+    except USER_ERRORS as err:
+        print(f"convatlas {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convatlas: interrupted", file=sys.stderr)

@@ -22,33 +22,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from convatlas.files import atomic_write, atomic_write_bytes
+
 FORMAT = "convatlas-checkpoint/1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, corrupted or of another format."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open a directory; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _sha256(path: Path) -> str:
@@ -75,11 +55,8 @@ def save_checkpoint(folder: str | os.PathLike, tag: str, tensors: dict[str, Tens
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{tag}-{int(meta['global_step']):09d}.safetensors"
     tensor_path = folder / name
-    tmp = folder / f".{name}.tmp{os.getpid()}"
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, tensor_path)
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(tensor_path, lambda tmp: save_file(cpu, str(tmp)))
     record = {
         "format": FORMAT,
         **meta,

@@ -1,0 +1,175 @@
+"""Writing the user's files safely: atomic writes, output checks before long work, stale temporaries.
+
+Every file convatlas writes goes through :func:`atomic_write` (or one of its shorthands): the data is written to a
+temporary file beside the target (``.NAME.tmpPID.EXT``), flushed, fsync-ed and renamed over the target, so a reader or
+a crash never sees half a file. Commands check every output path with :func:`check_output_file` or
+:func:`check_output_dir` *before* they start work, so a typo in ``--out`` fails in a second instead of after an hour
+of training. An existing output is replaced only when the caller says so (``overwrite=True``, the CLI's
+``--overwrite``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)(\.[^.]*)?$")
+
+
+def temporary_path(path: str | os.PathLike) -> Path:
+    """The temporary name :func:`atomic_write` uses for ``path``: hidden, in the same folder, with the pid and the
+    original suffix (so writers that choose a format by extension still work)."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(temporary_path)`` and rename the result over ``path`` after an fsync.
+
+    Args:
+        path: the file to create or replace; its folder must exist.
+        write: writes the whole file at the path it is given (for example ``image.save`` or ``onnx.save``).
+
+    Returns:
+        ``path``. If ``write`` raises, the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, value, *, indent: int | None = 2) -> Path:
+    """Write ``value`` as JSON to ``path`` atomically (``allow_nan`` off: NaN is not JSON)."""
+    return atomic_write_text(path, json.dumps(value, indent=indent, allow_nan=False) + "\n")
+
+
+def _probe_writable(folder: Path, option: str) -> None:
+    """Create and delete a file in ``folder``: the only test that also catches read-only file systems (and root)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".convatlas-probe-", dir=folder)
+    except OSError as err:
+        raise PermissionError(f"{option}: cannot write in {folder} ({err.strerror})") from None
+    os.close(fd)
+    os.unlink(name)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            return parent
+    return Path(".")
+
+
+def check_output_dir(path: str | os.PathLike, option: str, *, create: bool = False) -> Path:
+    """Check that ``path`` is, or can become, a folder this process can write in.
+
+    Args:
+        path: the folder.
+        option: what the caller calls it in messages (``"--out"``, ``"out_dir"``).
+        create: also create it (and its parents).
+
+    Raises:
+        NotADirectoryError: ``path`` or one of its ancestors is a file.
+        PermissionError: the folder (or the nearest existing ancestor) cannot be written.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{option} {path}: is a file, not a folder")
+    base = _existing_ancestor(path)
+    if not base.is_dir():
+        raise NotADirectoryError(f"{option} {path}: {base} is a file, so no folder can be made under it")
+    _probe_writable(base, f"{option} {path}")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise PermissionError(f"{option}: cannot create the folder {path} ({err.strerror})") from None
+    return path
+
+
+def check_output_file(path: str | os.PathLike, option: str, *, overwrite: bool = False) -> Path:
+    """Check that ``path`` can be written as a new file (or replaced, with ``overwrite``), before any work starts.
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder.
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+        NotADirectoryError, PermissionError: its folder cannot hold it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path}: is a folder; give a file name")
+    if str(path).endswith(os.sep) or path.name in ("", ".", ".."):
+        raise IsADirectoryError(f"{option} {path}: names a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{option} {path}: already exists; pass --overwrite to replace it, or pick another name")
+    check_output_dir(path.parent if str(path.parent) else Path("."), option)
+    return path
+
+
+def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (``.NAME.tmpPID...``) that a killed process left in ``folder``.
+
+    A file whose process is still alive is kept.
+
+    Returns:
+        the deleted paths.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if not match or not entry.is_file() or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
