@@ -117,13 +117,27 @@ def test_anchor_generator_takes_explicit_shapes():
 
 def test_per_level_split_and_errors():
     fit = AnchorFit(torch.tensor([[4.0, 4], [8, 8], [16, 16], [32, 32]], dtype=torch.float64), 0.8, 0.9, 0.7)
-    assert fit.per_level(2) == [[(4.0, 4.0), (8.0, 8.0)], [(16.0, 16.0), (32.0, 32.0)]]
+    assert fit.per_level(2, split=True) == [[(4.0, 4.0), (8.0, 8.0)], [(16.0, 16.0), (32.0, 32.0)]]
     with pytest.raises(ValueError, match="4 shapes do not split into 3 equal levels"):
-        fit.per_level(3)
+        fit.per_level(3, split=True)
+    everywhere = fit.per_level(3)
+    assert len(everywhere) == 3 and all(level == [(4.0, 4.0), (8.0, 8.0), (16.0, 16.0), (32.0, 32.0)]
+                                        for level in everywhere)  # fmt: skip
     with pytest.raises(ValueError, match="need 1 <= k <= number of boxes"):
         fit_anchors(torch.tensor([[0.0, 0, 5, 5]]), 2)
     with pytest.raises(ValueError, match="box 1 .* has no area"):
         fit_anchors(torch.tensor([[0.0, 0, 5, 5], [3.0, 3, 3, 9]]), 1)
+
+
+def test_every_shape_on_every_level_matches_more_small_boxes():
+    # Boxes of 8 to 64 px at random places of a 170 px image, strides 4 to 32: split by area, the larger shapes land
+    # on strides they cannot match at 0.7 from between two cells.
+    boxes = _planted_boxes(n_per=15, seed=5)
+    fit = fit_anchors(boxes, 8)
+    strides, size = [4, 8, 16, 32], [(170, 170)]
+    everywhere = grid_coverage([boxes], size, AnchorGenerator(shapes=fit.per_level(4)), strides)
+    split = grid_coverage([boxes], size, AnchorGenerator(shapes=fit.per_level(4, split=True)), strides)
+    assert everywhere > split + 0.2 and everywhere > 0.8
 
 
 @pytest.mark.parametrize("fpn", [False, True])
@@ -132,7 +146,7 @@ def test_fitted_anchors_drive_faster_rcnn(fpn):
     levels = 4 if fpn else 1
     fit = fit_anchors(boxes, 2 * levels)
     model = create_model("faster_rcnn", num_classes=2, backbone="mobilenet_v3_small", representation_size=32,
-                         fpn=fpn, anchor_shapes=fit.per_level(levels))  # fmt: skip
+                         fpn=fpn, anchor_shapes=fit.per_level(levels, split=True))  # fmt: skip
     generator = model.rpn.anchor_generator
     assert [len(level) for level in generator.shapes] == [2] * levels
     torch.testing.assert_close(torch.tensor([s for level in generator.shapes for s in level], dtype=torch.float64),

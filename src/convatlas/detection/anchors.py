@@ -291,19 +291,33 @@ class AnchorFit:
         """``h / w`` of each shape."""
         return tuple(h / w for w, h in self.shapes.tolist())
 
-    def per_level(self, num_levels: int) -> list[list[tuple[float, float]]]:
-        """The shapes split by area into ``num_levels`` equal groups, smallest first: the ``anchor_shapes`` of
-        ``faster_rcnn`` (one level without a pyramid, one per pyramid level with ``fpn=True``).
+    def per_level(self, num_levels: int, *, split: bool = False) -> list[list[tuple[float, float]]]:
+        """The ``anchor_shapes`` of ``faster_rcnn``: one list of ``(w, h)`` per level (one level without a pyramid,
+        one per pyramid level with ``fpn=True``, finest first).
+
+        Args:
+            num_levels: the number of feature levels.
+            split: divide the shapes by area into ``num_levels`` equal groups, the smallest on the finest level,
+                instead of giving every level every shape. Splitting keeps the anchor count down but puts the larger
+                shapes on coarse strides, where a shape about the stride's size cannot reach IoU 0.7 with a box
+                lying between two cells. With 12 shapes fitted to the training boxes of the nuclei and of
+                ``fashion-scenes`` (objects of 2 to 50 pixels) on strides 4 to 32, the grid matches 0.89 and 0.95 of
+                the boxes at IoU 0.7 with every shape on every level, 0.21 and 0.48 with the split
+                (:func:`grid_coverage` measures it for given boxes).
 
         Raises:
-            ValueError: when the number of shapes is not a multiple of ``num_levels``.
+            ValueError: when splitting and the number of shapes is not a multiple of ``num_levels``.
         """
         k = len(self.shapes)
-        if num_levels < 1 or k % num_levels:
-            raise ValueError(f"AnchorFit.per_level: {k} shapes do not split into {num_levels} equal levels; fit a "
-                             f"multiple of {num_levels}")  # fmt: skip
-        per = k // num_levels
         rows = [tuple(r) for r in self.shapes.tolist()]
+        if num_levels < 1:
+            raise ValueError(f"AnchorFit.per_level: num_levels must be >= 1, got {num_levels}")
+        if not split:
+            return [list(rows) for _ in range(num_levels)]
+        if k % num_levels:
+            raise ValueError(f"AnchorFit.per_level: {k} shapes do not split into {num_levels} equal levels; fit a "
+                             f"multiple of {num_levels} or pass split=False")  # fmt: skip
+        per = k // num_levels
         return [rows[i * per : (i + 1) * per] for i in range(num_levels)]
 
 
