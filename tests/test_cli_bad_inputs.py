@@ -26,6 +26,7 @@ from cli_checks import expect_user_error, unchanged
 
 BIG = "9" * 101  # above the 10**100 bound of integer options
 HUGE = "9" * 5000  # more digits than Python reads from text (4300)
+LONG = "n" * 300  # longer than a file name may be (255 bytes)
 
 IMG = "train --model mobilenet_v3_small --epochs 1 --out {out} --data"
 SEG = "train --model unet --epochs 1 --out {out} --data"
@@ -163,6 +164,8 @@ COMMANDS = {
         ["--plot", "already exists", "--overwrite"],
     ),
     "rf-plot-unwritable": ("rf mobilenet_v3_small --plot /proc/zz_convatlas/erf.png", ["--plot", "/proc"]),
+    "rf-plot-name-too-long": (f"rf mobilenet_v3_small --plot {{d}}/{LONG}.png", ["--plot", "File name too long"]),
+    "rf-plot-symlink-loop": ("rf mobilenet_v3_small --plot {d}/data/loop/erf.png", ["--plot", "symbolic links"]),
     "rf-plot-suffix": ("rf mobilenet_v3_small --plot {d}/erf.txt", ["--plot", "erf.txt", ".png"]),
     "rf-plot-no-suffix": ("rf mobilenet_v3_small --plot {d}/erf", ["--plot", ".png"]),
     "rf-plot-text-model": ("rf kim_cnn --plot {d}/erf.png", ["--plot", "2-d inputs"]),
@@ -188,6 +191,7 @@ DATA = {
     "if-root-is-file": (f"{IMG} imagefolder:{{d}}/data/existing.png", ["existing.png", "is a file"]),
     "if-root-missing": (f"{IMG} imagefolder:{{d}}/data/nowhere", ["{d}/data/nowhere", "does not exist"]),
     "if-no-folder": (f"{IMG} imagefolder:", ["'imagefolder:'", "needs a folder"]),
+    "if-name-too-long": (f"{IMG} imagefolder:{{d}}/{LONG}", ["nnnn", "File name too long"]),
     "if-hidden-only": (f"{IMG} imagefolder:{{d}}/data/if_hidden_only", ["if_hidden_only", "no class sub-folders"]),
     # specs, limits and data_dir
     "spec-unknown": (f"{IMG} fashion-mnst", ["'fashion-mnst'", "did you mean: fashion-mnist"]),
@@ -220,9 +224,11 @@ DATA = {
     "tsv-header-only": (f"{TXT} tsv:{{d}}/data/header_only.tsv", ["header_only.tsv", "no label<TAB>text line"]),
     "tsv-missing": (f"{TXT} tsv:{{d}}/data/nowhere.tsv", ["nowhere.tsv", "does not exist"]),
     "tsv-folder": (f"{TXT} tsv:{{d}}/data", ["{d}/data", "is a folder"]),
+    "tsv-name-too-long": (f"{TXT} tsv:{{d}}/{LONG}.tsv", ["nnnn", "File name too long"]),
     "tsv-no-path": (f"{TXT} tsv:", ["'tsv:'", "needs a file"]),
     # COCO folders (the detection engine)
     "coco-missing-folder": (f"{DET} coco:{{d}}/data/nowhere", ["nowhere", "does not exist"]),
+    "coco-name-too-long": (f"{DET} coco:{{d}}/{LONG}", ["nnnn", "File name too long"]),
     "coco-no-json": (f"{DET} coco:{{d}}/data/if_good", ["instances_train.json", "train.json"]),
     "coco-not-json": (f"{DET} coco:{{d}}/data/coco_not_json", ["coco_not_json/train.json", "not valid JSON"]),
     "coco-no-annotations": (f"{DET} coco:{{d}}/data/coco_no_annotations", ["train.json", "'annotations'"]),
@@ -316,6 +322,7 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     data = root / "data"
     _png(data / "existing.png")
+    (data / "loop").symlink_to(data / "loop")
     _tree(data / "if_good", "ab")
     _tree(data / "if_extra" / "train", "ab")
     _tree(data / "if_extra" / "test", ("a", "zebra"))
@@ -425,6 +432,16 @@ def test_rf_plot_overwrite_replaces_the_file_atomically(tmp_path):
     result = run_cli([*argv, "--overwrite"])
     assert result.code == 0, result.stderr
     assert plot.read_bytes().startswith(b"\x89PNG") and sorted(p.name for p in tmp_path.iterdir()) == ["erf.png"]
+
+
+def test_names_the_file_system_refuses_are_user_errors_and_nothing_else_is():
+    import errno
+
+    from convatlas.errors import is_user_error
+
+    assert is_user_error(OSError(errno.ENAMETOOLONG, "File name too long", "x" * 300))
+    assert is_user_error(OSError(errno.ELOOP, "Too many levels of symbolic links", "loop"))
+    assert not is_user_error(OSError(errno.EIO, "Input/output error", "disk")) and not is_user_error(KeyError("k"))
 
 
 def test_argparse_errors_are_one_line_with_a_pointer_to_help():

@@ -225,6 +225,14 @@ def test_voc_missing_files_are_named(tmp_path):
         VOCDetection(tmp_path / "JPEGImages")
 
 
+def test_voc_listing_that_is_not_utf8_is_named(tmp_path):
+    write_voc(tmp_path)
+    (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Main" / "trainval.txt").write_bytes(b"a\n\xff\xfe\n")
+    with pytest.raises(ValueError, match=r"trainval.txt: not UTF-8 text"):
+        build_detection_dataset(f"voc:{tmp_path}", "train")
+
+
 def test_voc_custom_classes(tmp_path):
     write_voc(tmp_path, VOC_OBJECT.format(name="nucleus", difficult=0, box=VOC_BOX.format(1, 1, 5, 5)))
     data = build_detection_dataset(f"voc:{tmp_path}", "train", classes=("nucleus",))

@@ -14,7 +14,7 @@ import importlib
 import sys
 from typing import NoReturn
 
-from convatlas.errors import USER_ERRORS, one_line
+from convatlas.errors import is_user_error, one_line
 
 # Command groups, in the order ``convatlas --help`` lists them.
 COMMAND_MODULES = ("arith", "tour", "models", "detect", "train", "analysis")
@@ -83,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"a command is required, one of: {', '.join(args.commands)}")
     try:
         return int(args.handler(args) or 0)
-    except USER_ERRORS as err:
-        print(f"convatlas {args.command}: error: {one_line(err)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("convatlas: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not is_user_error(err):
+            raise
+        print(f"convatlas {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 2

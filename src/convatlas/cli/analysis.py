@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from convatlas.cli import parse_int
-from convatlas.errors import USER_ERRORS, InputTypeError
+from convatlas.errors import InputTypeError, is_user_error
 from convatlas.files import atomic_write, check_output_file
 
 # An input holds at most this many values (PyTorch's 32-bit indexing limit, and 8 GiB in float32).
@@ -114,10 +114,8 @@ def _analyse(args: argparse.Namespace, model: nn.Module, size: tuple[int, ...], 
         return analyse()
     except ValueError as err:  # the analysis names the layer and the rule; add the model and the input
         raise ValueError(f"{args.model} on --input {'x'.join(map(str, size))}: {err}") from err
-    except USER_ERRORS:
-        raise
-    except Exception:
-        if user_model:
+    except Exception as err:
+        if user_model and not is_user_error(err):
             _check_forward(args, model, size)
         raise
 

@@ -248,7 +248,11 @@ class VOCDetection(Dataset):
         listing = self.root / "ImageSets" / "Main" / f"{split}.txt"
         if listing.is_file():
             self.ids = []
-            for lineno, line in enumerate(listing.read_text(encoding="utf-8-sig").splitlines(), 1):
+            try:
+                lines = listing.read_text(encoding="utf-8-sig").splitlines()
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{listing}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+            for lineno, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
                 item = line.split()[0]
