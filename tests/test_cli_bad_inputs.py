@@ -225,6 +225,7 @@ DATA = {
     "tsv-missing": (f"{TXT} tsv:{{d}}/data/nowhere.tsv", ["nowhere.tsv", "does not exist"]),
     "tsv-folder": (f"{TXT} tsv:{{d}}/data", ["{d}/data", "is a folder"]),
     "tsv-name-too-long": (f"{TXT} tsv:{{d}}/{LONG}.tsv", ["nnnn", "File name too long"]),
+    "text-options-on-mr": (f"{TXT} mr:x", ["'mr:x'", "takes no options"]),
     "tsv-no-path": (f"{TXT} tsv:", ["'tsv:'", "needs a file"]),
     # COCO folders (the detection engine)
     "coco-missing-folder": (f"{DET} coco:{{d}}/data/nowhere", ["nowhere", "does not exist"]),
@@ -255,6 +256,8 @@ DATA = {
     "voc-missing-image": (f"{DET} voc:{{d}}/data/voc_missing_image", ["a.xml", "JPEGImages/a.jpg"]),
     "voc-listed-id-missing": (f"{DET} voc:{{d}}/data/voc_bad_listing", ["trainval.txt line 2", "zz.xml"]),
     "voc-empty": (f"{DET} voc:{{d}}/data/voc_empty", ["voc_empty/Annotations", "no annotation"]),
+    "det-scenes-unknown-option": (f"{DET} fashion-scenes:cnavas=64", ["'cnavas'", "did you mean: canvas"]),
+    "det-scenes-one-channel": (f"{DET} fashion-scenes:channels=1", ["3 channels"]),
     "det-unknown-spec": (f"{DET} cocoo:{{d}}/data", ["'cocoo:", "coco:DIR"]),
 }
 

@@ -262,10 +262,18 @@ def test_scenes_num_images_zero_is_an_error_not_the_default():
     data = build_detection_dataset("fashion-scenes", "test", num_images=6, limit=3)
     assert len(data) == 3 and data.classes[0] == "background" and data.num_classes == 10
     assert torch.equal(data[1][0], build_detection_dataset("fashion-scenes", "test", num_images=6)[2][0])
+    options = build_detection_dataset(
+        "fashion-scenes:num_images=3,canvas=40,max_items=1,scale=1-1.25", "test", num_images=50
+    )
+    assert len(options) == 3 and options[0][0].shape == (3, 40, 40) and len(options[0][1]["boxes"]) <= 1
+    with pytest.raises(ValueError, match="detection scenes have 3 channels"):
+        build_detection_dataset("fashion-scenes:channels=1", "test")
+    with pytest.raises(ValueError, match="unknown option 'cnavas'; did you mean: canvas"):
+        build_detection_dataset("fashion-scenes:cnavas=40", "test")
 
 
 def test_detection_spec_errors():
-    with pytest.raises(ValueError, match="detection data must be one of fashion-scenes, coco:DIR, voc:DIR; did you"):
+    with pytest.raises(ValueError, match=r"detection data must be one of fashion-scenes\[:key=value,...\], coco:DIR"):
         build_detection_dataset("cocoo:x", "train")
     with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
         build_detection_dataset("coco:x", "val")

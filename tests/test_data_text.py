@@ -223,6 +223,8 @@ def test_tsv_path_errors(tmp_path):
         load_text("tsv:")
     with pytest.raises(TypeError, match="data must be a spec string"):
         load_text(3)
+    with pytest.raises(ValueError, match="data 'mr:x': mr takes no options"):
+        load_text("mr:x")
 
 
 @needs_sdist

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from convatlas.data.fashion_mnist import FashionMNIST, check_split, read_idx
 from convatlas.data.folders import ImageFolder, SegmentationFolder, check_folder, find_classes
 from convatlas.data.mnist import MNIST5k
-from convatlas.data.scenes import FashionScenes, SegmentationView
+from convatlas.data.scenes import FashionScenes, SegmentationView, parse_scenes_options
 from convatlas.data.subset import Subset, check_limit, limited
 from convatlas.errors import InputTypeError
 from convatlas.utils import close_matches
@@ -62,43 +62,6 @@ def spec_kind(spec: str) -> str:
 def is_text_spec(spec: str) -> bool:
     """Whether a spec names a text set (loaded by :func:`convatlas.data.text.load_text`)."""
     return spec_kind(spec) in TEXT_SPECS
-
-
-# The options of ``fashion-scenes:key=value,...``: how each value is read, and what it should look like.
-_SCENES_OPTIONS = {
-    "num_images": (int, "an integer"),
-    "seed": (int, "an integer"),
-    "max_items": (int, "an integer"),
-    "channels": (int, "1 or 3"),
-    "canvas": (lambda v: tuple(int(x) for x in v.split("x")) if "x" in v else int(v), "an integer or HxW"),
-    "scale": (lambda v: _pair(float(x) for x in v.split("-")), "a range LOW-HIGH such as 0.75-1.75"),
-}
-
-
-def _pair(values) -> tuple:
-    values = tuple(values)
-    if len(values) != 2:
-        raise ValueError(f"expected 2 values, got {len(values)}")
-    return values
-
-
-def _scenes_options(spec: str, text: str) -> dict:
-    options = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"data {spec!r}: option {item!r} is not key=value")
-        if key not in _SCENES_OPTIONS:
-            raise ValueError(
-                f"data {spec!r}: unknown option {key!r}{close_matches(key, _SCENES_OPTIONS)} "
-                f"(known: {', '.join(_SCENES_OPTIONS)})"
-            )
-        read, looks = _SCENES_OPTIONS[key]
-        try:
-            options[key] = read(value.strip())
-        except ValueError:
-            raise ValueError(f"data {spec!r}: {key} must be {looks}, got {value!r}") from None
-    return options
 
 
 def _imagefolder(spec: str, rest: str, split: str, image_size, channels, classes) -> Dataset:
@@ -176,7 +139,7 @@ def build_dataset(
         channels = 3 if channels is None else channels
         dataset = SegmentationFolder(images, masks, image_size=image_size, channels=channels, classes=classes)
     else:
-        options = {"num_images": _SCENES_DEFAULT_IMAGES[split], **_scenes_options(spec, rest)}
+        options = {"num_images": _SCENES_DEFAULT_IMAGES[split], **parse_scenes_options(spec, rest)}
         if channels is not None:
             options["channels"] = channels
         dataset = SegmentationView(FashionScenes(split, data_dir=data_dir, **options))

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from convatlas.data.fashion_mnist import check_split
 from convatlas.data.folders import check_folder
+from convatlas.data.scenes import FashionScenes, parse_scenes_options
 from convatlas.data.subset import check_limit, limited
 from convatlas.errors import InputTypeError
 from convatlas.utils import close_matches
@@ -364,17 +365,15 @@ class ScenesDetection(Dataset):
     """``fashion-scenes`` as a detection set: 3-channel scenes and their ``boxes``/``labels`` (10 classes).
 
     Args:
-        split, num_images, canvas, seed, max_items: as :class:`convatlas.data.scenes.FashionScenes`.
+        split, num_images, canvas, seed, max_items, scale: as :class:`convatlas.data.scenes.FashionScenes`.
     """
 
     task = "detection"
 
     def __init__(self, split: str = "train", *, num_images: int = 1000, canvas: int = 96, seed: int = 0,
-                 max_items: int = 4):  # fmt: skip
-        from convatlas.data.scenes import FashionScenes
-
+                 max_items: int = 4, scale: tuple[float, float] = (0.75, 1.75)):  # fmt: skip
         self.scenes = FashionScenes(split, num_images=num_images, canvas=canvas, seed=seed, max_items=max_items,
-                                    channels=3)  # fmt: skip
+                                    scale=scale, channels=3)  # fmt: skip
         self.classes = FashionScenes.classes
         self.num_classes = len(self.classes) - 1
 
@@ -386,12 +385,15 @@ class ScenesDetection(Dataset):
         return image, {"boxes": target["boxes"], "labels": target["labels"]}
 
 
-DETECTION_SPECS = ("fashion-scenes", "coco:DIR", "voc:DIR")
+DETECTION_SPECS = ("fashion-scenes[:key=value,...]", "coco:DIR", "voc:DIR")
 
 
 def build_detection_dataset(spec: str, split: str, *, num_images: int | None = None, canvas: int = 96,
                             seed: int = 0, limit: int | None = None, classes=None) -> Dataset:  # fmt: skip
-    """A detection dataset from a spec: ``fashion-scenes``, ``coco:DIR`` or ``voc:DIR``.
+    """A detection dataset from a spec: ``fashion-scenes[:key=value,...]``, ``coco:DIR`` or ``voc:DIR``.
+
+    ``fashion-scenes`` takes the options of the segmentation spec (``num_images``, ``canvas``, ``seed``,
+    ``max_items``, ``scale``; ``channels`` is 3); they override the keyword arguments below.
 
     ``coco:DIR`` reads ``DIR/annotations/instances_{split}.json`` (or ``DIR/{split}.json``) with images in
     ``DIR/{split}`` (or ``DIR/images``, or ``DIR``); ``voc:DIR`` is :class:`VOCDetection` with ``split``
@@ -417,9 +419,12 @@ def build_detection_dataset(spec: str, split: str, *, num_images: int | None = N
     check_split(split)
     limit = check_limit(limit)
     kind, _, folder = spec.partition(":")
-    if spec == "fashion-scenes":
+    if kind == "fashion-scenes":
         n = (1000 if split == "train" else 200) if num_images is None else num_images
-        dataset = ScenesDetection(split, num_images=n, canvas=canvas, seed=seed)
+        options = {"num_images": n, "canvas": canvas, "seed": seed, **parse_scenes_options(spec, folder)}
+        if options.pop("channels", 3) != 3:
+            raise ValueError(f"data {spec!r}: detection scenes have 3 channels")
+        dataset = ScenesDetection(split, **options)
     elif kind == "coco" and folder:
         root = check_folder(folder, "coco:")
         candidates = [root / "annotations" / f"instances_{split}.json", root / f"{split}.json"]

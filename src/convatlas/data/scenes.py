@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from convatlas.data.fashion_mnist import CLASSES, FashionMNIST, check_split
 from convatlas.errors import InputTypeError
-from convatlas.utils import as_tuple
+from convatlas.utils import as_tuple, close_matches
 
 _SPLIT_SALT = {"train": 0, "test": 1_000_003}
 # Bounds that keep every scene's tensors and generator seed in range (a 8192x8192 scene is 512 MiB of masks per item).
@@ -38,6 +38,52 @@ def _int_in(name: str, value, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"{name} must be in {low}..{high}, got {value}")
     return value
+
+
+# The options of ``fashion-scenes:key=value,...``: how each value is read, and what it should look like.
+_SCENES_OPTIONS = {
+    "num_images": (int, "an integer"),
+    "seed": (int, "an integer"),
+    "max_items": (int, "an integer"),
+    "channels": (int, "1 or 3"),
+    "canvas": (lambda v: tuple(int(x) for x in v.split("x")) if "x" in v else int(v), "an integer or HxW"),
+    "scale": (lambda v: _pair(float(x) for x in v.split("-")), "a range LOW-HIGH such as 0.75-1.75"),
+}
+
+
+def _pair(values) -> tuple:
+    values = tuple(values)
+    if len(values) != 2:
+        raise ValueError(f"expected 2 values, got {len(values)}")
+    return values
+
+
+def parse_scenes_options(spec: str, text: str) -> dict:
+    """The ``key=value,...`` options of a ``fashion-scenes:...`` spec as keywords of :class:`FashionScenes`.
+
+    Args:
+        spec: the whole spec, for messages.
+        text: the part after ``fashion-scenes:``.
+
+    Raises:
+        ValueError: an item that is not ``key=value``, an unknown key, or a value that does not parse (naming it).
+    """
+    options = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"data {spec!r}: option {item!r} is not key=value")
+        if key not in _SCENES_OPTIONS:
+            raise ValueError(
+                f"data {spec!r}: unknown option {key!r}{close_matches(key, _SCENES_OPTIONS)} "
+                f"(known: {', '.join(_SCENES_OPTIONS)})"
+            )
+        read, looks = _SCENES_OPTIONS[key]
+        try:
+            options[key] = read(value.strip())
+        except ValueError:
+            raise ValueError(f"data {spec!r}: {key} must be {looks}, got {value!r}") from None
+    return options
 
 
 class FashionScenes(Dataset):

@@ -299,7 +299,9 @@ def load_text(
         raise InputTypeError(f"data must be a spec string such as 'mr' or 'tsv:PATH', got {spec!r}")
     limit = check_limit(limit)
     kind, _, rest = spec.partition(":")
-    if kind in _FILES and not rest:
+    if kind in _FILES and rest:
+        raise ValueError(f"data {spec!r}: {kind} takes no options")
+    if kind in _FILES:
         dataset = load_sentences(kind, data_dir=data_dir)
         if classes is not None and tuple(classes) != dataset.classes:
             raise ValueError(f"data {spec!r}: its classes {dataset.classes} are not the given classes {tuple(classes)}")
