@@ -1,5 +1,6 @@
-"""``convatlas arith ...`` and ``convatlas tour``: every command, its numbers (checked against PyTorch shapes or the
-closed forms of convatlas.arithmetic, themselves tested against PyTorch), and the one-line exit-2 errors."""
+"""``convatlas arith ...`` and ``convatlas tour``: every command and its numbers (checked against PyTorch shapes or the
+closed forms of convatlas.arithmetic, themselves tested against PyTorch). Their bad inputs are in the corpus of
+``test_cli_bad_inputs.py``."""
 
 from __future__ import annotations
 
@@ -91,34 +92,6 @@ def test_params(capsys):
     conv = torch.nn.Conv2d(256, 256, 3, device="meta")
     assert f"{sum(p.numel() for p in conv.parameters()):,}" in out.splitlines()[1]
     assert "separable total" in out and "1/256 + 1/9 = 0.1150" in out
-
-
-@pytest.mark.parametrize(
-    "argv, words",
-    [
-        (["arith", "conv", "--length", "-3", "--kernel", "2"], ["length must be >= 1, got -3"]),
-        (["arith", "conv", "--length", "3", "--kernel", "7"], ["7", "3", "floor("]),
-        (["arith", "conv", "--length", "8", "--kernel", "3", "--stride", "0"], ["stride must be >= 1, got 0"]),
-        (["arith", "conv", "--length", "abc", "--kernel", "3"], ["--length must be an integer, got 'abc'"]),
-        (["arith", "conv", "--length", "8", "--kernel", "3", "--padding", "1,2,3"], ["--padding"]),
-        (["arith", "pool", "--length", "8", "--kernel", "2", "--padding", "2"], ["k // 2"]),
-        (["arith", "transpose", "--length", "4", "--kernel", "3", "--output-padding", "1"], ["max(stride, dilation)"]),
-        (["arith", "same", "--kernel", "0"], ["kernel must be >= 1"]),
-        (["arith", "rf", "7/2/x"], ["layer 0", "integer"]),
-        (["arith", "rf", "3/0"], ["stride must be >= 1"]),
-        (["arith", "params", "--in-channels", "4", "--out-channels", "four"], ["--out-channels must be an integer"]),
-        (["tour", "--network", "lenet"], ["--network"]),
-        (["tour", "--size", "big"], ["--size must be an integer"]),
-        (["tour", "--size", "16"], ["alexnet layer 5 (MaxPool2d 3/2/0)", "pool_out", "= 1"]),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(capsys, argv, words):
-    code, out, err = run(capsys, *argv)
-    assert code == 2 and out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("convatlas ") and "Traceback" not in err
-    for word in words:
-        assert word in lines[0], f"{word!r} not in {lines[0]}"
 
 
 @pytest.mark.parametrize("argv", [["arith", "--help"], ["arith", "rf", "--help"], ["tour", "--help"]])

@@ -16,6 +16,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from convatlas.errors import InputTypeError
+
 __all__ = [
     "RF",
     "conv_macs",
@@ -42,9 +44,10 @@ __all__ = [
 
 
 def _int(name: str, value, minimum: int, where: str) -> int:
-    """``value`` as an int ``>= minimum``; a TypeError for non-integers, a ValueError naming the rule otherwise."""
+    """``value`` as an int ``>= minimum``; an InputTypeError (a TypeError) for non-integers, a ValueError naming the
+    rule otherwise."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{where}: {name} must be an integer, got {value!r} ({type(value).__name__})")
+        raise InputTypeError(f"{where}: {name} must be an integer, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{where}: {name} must be >= {minimum}, got {value}")
     return value

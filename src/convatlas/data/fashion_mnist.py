@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +51,15 @@ def read_idx(path: Path) -> np.ndarray:
         the array, ``uint8`` of shape ``[N]`` (labels) or ``[N, H, W]`` (images).
 
     Raises:
-        ValueError: when the header is not an unsigned-byte IDX header or the payload is short.
+        ValueError: when a ``.gz`` file is not gzip, the header is not an unsigned-byte IDX header or the payload is
+            short.
     """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise ValueError(f"{path}: not a readable gzip file ({err})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte IDX file (header {data[:4].hex()})")
     ndim = data[3]
@@ -72,13 +77,31 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path:
     Raises:
         FileNotFoundError: naming the folder searched and how to install the data.
     """
-    folder = Path(data_dir or os.environ.get("CONVATLAS_FASHION_MNIST") or DEBIAN_DIR)
+    if data_dir is not None:
+        folder = check_data_dir(data_dir)
+    else:
+        folder = Path(os.environ.get("CONVATLAS_FASHION_MNIST") or DEBIAN_DIR)
     missing = [name for pair in _FILES.values() for name in pair if _resolve(folder, name) is None]
     if missing:
         raise FileNotFoundError(
             f"Fashion-MNIST not found in {folder} (missing {', '.join(missing)}): run `make data` or "
-            "`sudo apt-get install dataset-fashion-mnist`, or pass --data-dir to a folder with the four IDX files"
+            "`sudo apt-get install dataset-fashion-mnist`, or give data_dir, a folder with the four IDX files"
         )
+    return folder
+
+
+def check_data_dir(data_dir: str | os.PathLike) -> Path:
+    """``data_dir`` as a ``Path`` when it is an existing folder.
+
+    Raises:
+        FileNotFoundError: it does not exist.
+        NotADirectoryError: it is a file.
+    """
+    folder = Path(data_dir)
+    if not folder.exists():
+        raise FileNotFoundError(f"data_dir {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"data_dir {folder} is a file, not a folder")
     return folder
 
 

