@@ -12,7 +12,8 @@ Conventions shared by the zoo:
   pooled features, as in timm); anything negative is an error. Text and segmentation models need at least 1 class.
 - ``bool`` is not accepted where an int or a number is expected (``in_channels=True`` is a mistake, not 1).
 - Upper bounds catch typos that would otherwise allocate gigabytes or run for hours: they are far above every
-  published configuration (the largest: 21,843 ImageNet-21k classes, 2048-channel layers, 48-layer dense blocks).
+  published configuration (ImageNet-21k's 21,843 classes, ConvNeXt-XXLarge's 12,288-channel bottlenecks,
+  DenseNet-264's 64-layer dense block).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import nn
 from convatlas.errors import InputTypeError
 
 MAX_CLASSES = 1_000_000  # classifier outputs
-MAX_CHANNELS = 8192  # input channels and the width of any layer
+MAX_CHANNELS = 16384  # input channels and the width of any layer
 MAX_BLOCKS = 1000  # blocks or layers in one stage
 MAX_MULTIPLIER = 16.0  # width and depth multipliers (EfficientNet-B7 uses 2.0 and 3.1)
 MAX_VOCAB = 10_000_000  # rows of a word embedding (word2vec's GoogleNews vectors have 3 million)
@@ -62,7 +63,7 @@ def check_int(where: str, name: str, value, *, low: int = 1, high: int = MAX_CHA
         raise InputTypeError(f"{where}: {name} must be an int, got {_given(value)}")
     value = int(value)
     if not low <= value <= high:
-        raise ValueError(f"{where}: {name} must satisfy {low} <= {name} <= {high}{note}, got {value}")
+        raise ValueError(f"{where}: {name} must satisfy {low} <= {name} <= {high}{note}, got {_short.repr(value)}")
     return value
 
 
