@@ -119,7 +119,7 @@ def test_fx_trace_matches_eager():
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="depths and dims"):
+    with pytest.raises(ValueError, match=r"ConvNeXt: dims must hold 2 values \(one per entry of depths\), got 3"):
         ConvNeXt(depths=(1, 1), dims=(8, 16, 32))
     with pytest.raises(ValueError, match="drop_path_rate"):
         ConvNeXt(drop_path_rate=1.5)

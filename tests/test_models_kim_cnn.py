@@ -152,9 +152,11 @@ def test_bad_arguments_raise():
         KimCNN(embed_dim=4, embedding=torch.randn(5, 3))
     with pytest.raises(TypeError, match="floating-point"):
         KimCNN(embedding=torch.ones(5, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="padding_idx must be in"):
+    with pytest.raises(
+        ValueError, match=r"KimCNN: padding_idx must satisfy 0 <= padding_idx <= 4 \(vocab_size=5\), got 5"
+    ):
         KimCNN(vocab_size=5, padding_idx=5)
-    with pytest.raises(ValueError, match="windows must be positive"):
+    with pytest.raises(ValueError, match=r"KimCNN: windows\[1\] must satisfy 1 <= windows\[1\] <= 16384, got 0"):
         KimCNN(vocab_size=5, windows=(3, 0))
     with pytest.raises(ValueError, match="unknown keyword 'window'"):
         create_model("kim_cnn", window=(3,))

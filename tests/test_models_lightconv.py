@@ -83,7 +83,7 @@ def test_apply_max_norm_caps_classifier_rows():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown keyword 'kernelsize'"):
         create_model("lightconv_classifier", kernelsize=3)
-    with pytest.raises(ValueError, match="dim=10 must be divisible by heads=4"):
+    with pytest.raises(ValueError, match="SequenceClassifier: dim must be a multiple of heads, got dim=10 and heads=4"):
         create_model("attention_classifier", dim=10)
     with pytest.raises(ValueError, match=r"tokens must be LongTensor\[N, T\]"):
         create_model("lightconv_classifier")(torch.randn(2, 5))

@@ -1,11 +1,12 @@
 """The one sweep over the whole registry (timm's tests/test_models.py): every registered model, whoever wrote it.
 
 For each image model at a small input: forward shape, no NaN, every parameter receives a finite gradient,
-``feature_info`` equals the real maps of ``forward_stages``, torch.fx traces it to the same function, channels_last
-gives the same outputs, ``reset_classifier`` works, and the engine's Fashion-MNIST case (1 channel, 28x28) runs.
-Text models run on token ids. Detection models (a different call signature) are swept in the detection tests.
-References: the model's own eager forward (fx, channels_last, torch.compile, ONNX Runtime); the declared
-``feature_info`` (shapes).
+``feature_info`` equals the real maps of ``forward_stages``, torch.fx traces it to the same function (eval and train
+mode), torchvision's ``create_feature_extractor`` on the ``feature_info`` modules gives ``forward_stages``,
+channels_last gives the same outputs, ``reset_classifier`` works, and the engine's Fashion-MNIST case (1 channel,
+28x28) runs. Text models run on token ids and trace too. Detection models (a list of images in, data-dependent
+proposals) do not trace; their backbones do. References: the model's own eager forward (fx, feature extractor,
+channels_last, torch.compile, ONNX Runtime); the declared ``feature_info`` (shapes).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
 
 from convatlas.models import create_model, list_models, model_info, register_model
 from convatlas.models.resnext import ResNeXt
@@ -84,7 +86,7 @@ def test_fashion_mnist_shape_one_channel_28x28(name):
 
 
 @pytest.mark.parametrize("name", IMAGE_MODELS)
-def test_fx_channels_last_and_reset_classifier(name):
+def test_fx_feature_extractor_channels_last_and_reset_classifier(name):
     model = randomize(create_model(name))
     x = _input(name)
     with torch.no_grad():
@@ -92,17 +94,36 @@ def test_fx_channels_last_and_reset_classifier(name):
         # The analysis tools trace every model with torch.fx: no data-dependent Python control flow.
         traced = torch.fx.symbolic_trace(model)
         torch.testing.assert_close(traced(x), expect, rtol=1e-5, atol=1e-5)
+
+        # torchvision's feature extraction, with the stage modules that feature_info declares as return nodes.
+        nodes = {f["module"]: f"stage{i}" for i, f in enumerate(model.feature_info)}
+        extractor = create_feature_extractor(model, return_nodes=nodes)
+        got = extractor(x)
+        assert list(got) == list(nodes.values())
+        for i, (feat, ref) in enumerate(zip(got.values(), model.forward_stages(x), strict=True)):
+            torch.testing.assert_close(feat, ref, rtol=0, atol=0, msg=lambda m, i=i: f"{name} stage {i}: {m}")
+
         model = model.to(memory_format=torch.channels_last)
         got = model(x.to(memory_format=torch.channels_last))
         torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4 * expect.abs().max().item())
-        if model_info(name).task != "classification":
-            return
-        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
-        assert pooled.ndim == 2
-        model.reset_classifier(3)
-        assert model.num_classes == 3 and model(x).shape == (2, 3)
-        model.reset_classifier(0)
-        assert model(x).shape == pooled.shape
+        if model_info(name).task == "classification":
+            pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+            assert pooled.ndim == 2
+            model.reset_classifier(3)
+            assert model.num_classes == 3 and model(x).shape == (2, 3)
+            model.reset_classifier(0)
+            assert model(x).shape == pooled.shape
+            with pytest.raises(ValueError, match=r"num_classes must satisfy 0 <= num_classes <= 1000000.*got -1"):
+                model.reset_classifier(-1)
+
+        # Train mode (batch statistics, dropout, drop path; last, as it moves the running statistics): the same
+        # random draws give the same outputs.
+        model.train()
+        traced_train = torch.fx.symbolic_trace(model)
+        torch.manual_seed(5)
+        eager_train = model(x)
+        torch.manual_seed(5)
+        torch.testing.assert_close(traced_train(x), eager_train, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", TEXT_MODELS)
@@ -117,6 +138,43 @@ def test_text_models_forward_backward(name):
     assert trainable
     for pname, p in trainable:
         assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: no finite gradient for {pname}"
+
+
+@pytest.mark.parametrize("name", TEXT_MODELS)
+def test_text_models_trace_with_torch_fx(name):
+    # Reference: the eager model, at two sentence lengths (the traced graph must not bake in the length).
+    model = create_model(name, num_classes=3).eval()
+    traced = torch.fx.symbolic_trace(model)
+    vocab = next(m for m in model.modules() if isinstance(m, nn.Embedding)).num_embeddings
+    with torch.no_grad():
+        for steps in (model_info(name).input_size[0], 7):
+            tokens = torch.randint(1, vocab, (3, steps))
+            tokens[0, -2:] = 0  # padding at the end of one sentence
+            torch.testing.assert_close(traced(tokens), model(tokens), rtol=1e-5, atol=1e-6)
+
+
+def test_traced_text_model_still_checks_its_input():
+    traced = torch.fx.symbolic_trace(create_model("lightconv_classifier").eval())
+    with pytest.raises(ValueError, match=r"lightconv_classifier: tokens must be LongTensor\[N, T\], got torch.float32"):
+        traced(torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("name", list_models(task="detection"))
+def test_detection_models_do_not_trace_but_their_backbones_do(name):
+    # Like torchvision's detectors: a list of images of different sizes in, a data-dependent number of proposals.
+    model = create_model(name, num_classes=3, backbone="mobilenet_v3_small").eval()
+    with pytest.raises(torch.fx.proxy.TraceError):
+        torch.fx.symbolic_trace(model)
+    # The CNN inside traces, and torchvision's feature extractor works on it (R-CNN's runs on warped crops).
+    cnn = model.roi_heads.box_features.cnn if name == "rcnn" else model.backbone.body
+    nodes = {f["module"]: str(i) for i, f in enumerate(cnn.feature_info)}
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for got, ref in zip(create_feature_extractor(cnn, nodes)(x).values(), cnn.forward_stages(x), strict=True):
+            torch.testing.assert_close(got, ref, rtol=0, atol=0)
+        if name != "rcnn":  # the Backbone module (stage choice, optional pyramid) traces as a whole
+            for got, ref in zip(torch.fx.symbolic_trace(model.backbone)(x), model.backbone(x), strict=True):
+                torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
 
 def test_every_family_is_registered():
@@ -162,11 +220,12 @@ def test_duplicate_registration_raises():
 
 
 def test_bad_hyperparameters_name_the_argument():
-    with pytest.raises(ValueError, match=r"compression must be in \(0, 1\], got 1.5"):
+    # One example per rule; tests/test_models_checks.py holds the table for every family.
+    with pytest.raises(ValueError, match=r"DenseNet: compression must satisfy 0 < compression <= 1, got 1.5"):
         create_model("densenet121", compression=1.5)
-    with pytest.raises(ValueError, match=r"width_mult must be > 0, got -1"):
+    with pytest.raises(ValueError, match=r"MobileNetV1: width_mult must satisfy 0 < width_mult <= 16, got -1"):
         create_model("mobilenet_v1", width_mult=-1)
-    with pytest.raises(ValueError, match=r"depths must be four positive block counts, got \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"ResNeXt: depths must hold 4 values, got 2: \(3, 4\)"):
         ResNeXt(depths=(3, 4))
 
 

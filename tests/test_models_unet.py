@@ -172,9 +172,9 @@ def test_center_crop():
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="padding must be 'valid' or 'same'"):
+    with pytest.raises(ValueError, match=r"UNet: padding must be one of \('valid', 'same'\), got 'full'"):
         UNet(padding="full")
-    with pytest.raises(ValueError, match="widths needs at least 2"):
+    with pytest.raises(ValueError, match=r"UNet: widths must hold at least 2 values, got 1: \(8,\)"):
         UNet(widths=(8,))
     with pytest.raises(ValueError, match="unknown model 'efficientnet_b9'"):
         UNet(encoder="efficientnet_b9")

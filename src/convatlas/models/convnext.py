@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convatlas.models.base import ImageModel
+from convatlas.models.checks import MAX_BLOCKS, MAX_CHANNELS, check_float, check_ints, check_rate
 from convatlas.models.registry import register_model
 from convatlas.nn.layers import ClassifierHead, DropPath, LayerNorm2d
 
@@ -133,13 +134,17 @@ class ConvNeXt(ImageModel):
         drop_path_rate: float = 0.1,
         layer_scale: float = 1e-6,
     ):
-        super().__init__()
-        if len(depths) != len(dims):
-            raise ValueError(f"ConvNeXt: depths and dims must have the same length, got {len(depths)} and {len(dims)}")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"ConvNeXt: drop_path_rate must be in [0, 1), got {drop_path_rate}")
-        self.num_classes, self.in_channels = num_classes, in_channels
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, dims[0], 4, stride=4), LayerNorm2d(dims[0], eps=LN_EPS))
+        super().__init__(num_classes=num_classes, in_channels=in_channels)
+        where = type(self).__name__
+        depths = check_ints(where, "depths", depths, high=MAX_BLOCKS)
+        # The blocks' inverted bottleneck is 4 times as wide as the stage.
+        dims = check_ints(
+            where, "dims", dims, length=len(depths), high=MAX_CHANNELS // 4, note=" (one per entry of depths)"
+        )
+        drop_rate = check_rate(where, "drop_rate", drop_rate)
+        drop_path_rate = check_rate(where, "drop_path_rate", drop_path_rate)
+        layer_scale = check_float(where, "layer_scale", layer_scale, low=0.0, high=1e3)
+        self.stem = nn.Sequential(nn.Conv2d(self.in_channels, dims[0], 4, stride=4), LayerNorm2d(dims[0], eps=LN_EPS))
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         stages, self.feature_info, prev = [], [], dims[0]
@@ -152,8 +157,10 @@ class ConvNeXt(ImageModel):
             self.feature_info.append({"num_chs": dim, "reduction": 4 * 2**i, "module": f"stages.{i}"})
             prev = dim
         self.stages = nn.Sequential(*stages)
+        self.trunk = ("stem", "stages")  # forward_features: stages(stem(x))
         self.num_features = dims[-1]
-        self.head = ClassifierHead(dims[-1], num_classes, drop_rate=drop_rate, norm=nn.LayerNorm(dims[-1], eps=LN_EPS))
+        norm = nn.LayerNorm(dims[-1], eps=LN_EPS)
+        self.head = ClassifierHead(dims[-1], self.num_classes, drop_rate=drop_rate, norm=norm)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -161,18 +168,6 @@ class ConvNeXt(ImageModel):
             if isinstance(m, nn.Conv2d | nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """The output of each of the four stages (reductions 4, 8, 16, 32)."""
-        x = self.stem(x)
-        outs = []
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.stages(self.stem(x))
 
     def convert_state_dict(self, state_dict: dict[str, Tensor], source: str) -> dict[str, Tensor]:
         """Rename a torchvision or timm ``convnext_*`` state dict to this model's names."""

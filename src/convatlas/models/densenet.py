@@ -26,6 +26,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from convatlas.models.base import ImageModel
+from convatlas.models.checks import MAX_BLOCKS, MAX_CHANNELS, check_bool, check_float, check_int, check_ints, check_rate
 from convatlas.models.registry import register_model
 from convatlas.nn.layers import ClassifierHead, ConvNormAct
 
@@ -110,6 +111,20 @@ class DenseStage(nn.Module):
         return self.norm(self.block(self.transition(x)))
 
 
+def block_widths(
+    num_init_features: int, block_config: tuple[int, ...], *, growth_rate: int, compression: float
+) -> list[tuple[int, int]]:
+    """The channels entering and leaving each dense block: a transition multiplies them by ``compression`` (rounded
+    down), a block of ``n`` layers adds ``n * growth_rate``. DenseNet-121: ``[(64, 256), (128, 512), (256, 1024),
+    (512, 1024)]``."""
+    widths, channels = [], num_init_features
+    for i, num_layers in enumerate(block_config):
+        start = channels if i == 0 else int(channels * compression)
+        channels = start + num_layers * growth_rate
+        widths.append((start, channels))
+    return widths
+
+
 class DenseNet(ImageModel):
     """DenseNet-BC.
 
@@ -142,15 +157,28 @@ class DenseNet(ImageModel):
         num_classes: int = 1000,
         in_channels: int = 3,
     ):
-        super().__init__()
-        if not 0.0 < compression <= 1.0:
-            raise ValueError(f"DenseNet: compression must be in (0, 1], got {compression}")
-        if len(block_config) < 1 or min(block_config) < 1:
-            raise ValueError(f"DenseNet: block_config must hold positive layer counts, got {tuple(block_config)}")
-        self.num_classes, self.in_channels = num_classes, in_channels
+        super().__init__(num_classes=num_classes, in_channels=in_channels)
+        where = type(self).__name__
+        block_config = check_ints(where, "block_config", block_config, high=MAX_BLOCKS)
+        growth_rate = check_int(where, "growth_rate", growth_rate)
+        num_init_features = check_int(where, "num_init_features", num_init_features)
+        bn_size = check_int(where, "bn_size", bn_size)
+        check_int(where, "bn_size * growth_rate", bn_size * growth_rate)  # the bottleneck's width
+        compression = check_float(where, "compression", compression, low=0.0, high=1.0, low_open=True)
+        drop_rate = check_rate(where, "drop_rate", drop_rate)
+        memory_efficient = check_bool(where, "memory_efficient", memory_efficient)
+        widths = block_widths(num_init_features, block_config, growth_rate=growth_rate, compression=compression)
+        for i, (start, end) in enumerate(widths):
+            # Checked before anything is built: the concatenation grows by growth_rate with every layer.
+            if start < 1 or end > MAX_CHANNELS:
+                raise ValueError(
+                    f"{where}: num_init_features={num_init_features}, block_config={block_config}, growth_rate="
+                    f"{growth_rate} and compression={compression:g} give dense block {i} {start} to {end} channels; "
+                    f"each must lie in [1, {MAX_CHANNELS}]"
+                )
 
         # Stem: 7x7/2 conv, BN, ReLU (reduction 2), then 3x3/2 max-pool (reduction 4).
-        self.stem = ConvNormAct(in_channels, num_init_features, 7, stride=2)
+        self.stem = ConvNormAct(self.in_channels, num_init_features, 7, stride=2)
         self.pool = nn.MaxPool2d(3, stride=2, padding=1)
         self.feature_info = [{"num_chs": num_init_features, "reduction": 2, "module": "stem"}]
         layer_kwargs = {
@@ -161,21 +189,21 @@ class DenseNet(ImageModel):
         }
         stages = []
         channels, reduction = num_init_features, 4
-        for i, num_layers in enumerate(block_config):
+        for i, (num_layers, (start, end)) in enumerate(zip(block_config, widths, strict=True)):
             transition: nn.Module = nn.Identity()
             if i > 0:
-                out = int(channels * compression)
-                transition = Transition(channels, out)
-                channels, reduction = out, reduction * 2
-            block = DenseBlock(channels, num_layers, **layer_kwargs)
-            channels += num_layers * growth_rate
+                transition = Transition(channels, start)
+                reduction *= 2
+            block = DenseBlock(start, num_layers, **layer_kwargs)
+            channels = end
             last = i == len(block_config) - 1
             norm = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True)) if last else nn.Identity()
             stages.append(DenseStage(transition, block, norm))
             self.feature_info.append({"num_chs": channels, "reduction": reduction, "module": f"stages.{i}"})
         self.stages = nn.Sequential(*stages)
+        self.trunk = ("stem", "pool", "stages")  # forward_features: stages(pool(stem(x)))
         self.num_features = channels
-        self.head = ClassifierHead(channels, num_classes)
+        self.head = ClassifierHead(channels, self.num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -194,20 +222,6 @@ class DenseNet(ImageModel):
         for m in self.modules():
             if isinstance(m, DenseLayer):
                 m.memory_efficient = enabled
-
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """The stem's output and each stage's: one tensor per ``feature_info`` entry."""
-        x = self.stem(x)
-        features = [x]
-        x = self.pool(x)
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """x (Tensor[N, in_channels, H, W]) -> Tensor[N, num_features, H/32, W/32], after the final BN-ReLU."""
-        return self.stages(self.pool(self.stem(x)))
 
     def convert_state_dict(self, state_dict: dict[str, Tensor], source: str) -> dict[str, Tensor]:
         """Rename a torchvision or timm DenseNet state dict (``features.denseblock1.denselayer1.conv1``) to ours."""

@@ -32,6 +32,7 @@ import re
 from torch import Tensor, nn
 
 from convatlas.models.base import ImageModel
+from convatlas.models.checks import check_multiplier, check_rate
 from convatlas.models.registry import register_model
 from convatlas.nn.layers import ClassifierHead, ConvNormAct, DropPath, SqueezeExcite, make_divisible
 
@@ -122,16 +123,16 @@ class EfficientNet(ImageModel):
         drop_rate: float = 0.2,
         drop_path_rate: float = 0.2,
     ):
-        super().__init__()
-        if width_mult <= 0 or depth_mult <= 0:
-            raise ValueError(f"EfficientNet: width_mult and depth_mult must be > 0, got {width_mult}, {depth_mult}")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"EfficientNet: drop_path_rate must be in [0, 1), got {drop_path_rate}")
-        self.num_classes, self.in_channels = num_classes, in_channels
+        super().__init__(num_classes=num_classes, in_channels=in_channels)
+        where = type(self).__name__
+        width_mult = check_multiplier(where, "width_mult", width_mult)
+        depth_mult = check_multiplier(where, "depth_mult", depth_mult)
+        drop_rate = check_rate(where, "drop_rate", drop_rate)
+        drop_path_rate = check_rate(where, "drop_path_rate", drop_path_rate)
         self.width_mult, self.depth_mult = width_mult, depth_mult
 
         stem_chs = round_filters(B0_STEM, width_mult)
-        self.stem = ConvNormAct(in_channels, stem_chs, 3, stride=2, act=nn.SiLU)
+        self.stem = ConvNormAct(self.in_channels, stem_chs, 3, stride=2, act=nn.SiLU)
         num_blocks = sum(round_repeats(n, depth_mult) for *_, n in B0_STAGES)
         stages, feature_info = [], []
         block_idx, chs, reduction = 0, stem_chs, 2
@@ -159,7 +160,8 @@ class EfficientNet(ImageModel):
         self.feature_info = feature_info
         self.num_features = 4 * round_filters(B0_STAGES[-1][3], width_mult)  # 1280 for b0
         self.head_conv = ConvNormAct(chs, self.num_features, 1, act=nn.SiLU)
-        self.head = ClassifierHead(self.num_features, num_classes, drop_rate=drop_rate)
+        self.trunk = ("stem", "stages", "head_conv")  # forward_features: head_conv(stages(stem(x)))
+        self.head = ClassifierHead(self.num_features, self.num_classes, drop_rate=drop_rate)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -172,19 +174,6 @@ class EfficientNet(ImageModel):
                 bound = 1.0 / math.sqrt(m.out_features)
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
-
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """The outputs of the stages named in ``feature_info`` (reductions 2, 4, 8, 16, 32)."""
-        x = self.stem(x)
-        outs = []
-        for s, stage in enumerate(self.stages):
-            x = stage(x)
-            if s in FEATURE_STAGES:
-                outs.append(x)
-        return outs
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.head_conv(self.stages(self.stem(x)))
 
     def convert_state_dict(self, state_dict: dict[str, Tensor], source: str) -> dict[str, Tensor]:
         """Rename a torchvision or timm ``efficientnet_b*`` state dict to this model's names."""

@@ -21,10 +21,22 @@ Parameters: ``V d`` (twice in ``multichannel``, one copy frozen) ``+ sum_h (h d 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convatlas.errors import InputTypeError
+from convatlas.models.checks import (
+    MAX_VOCAB,
+    check_choice,
+    check_float,
+    check_int,
+    check_ints,
+    check_num_classes,
+    check_rate,
+)
 from convatlas.models.registry import register_model
 
 MODES = ("rand", "static", "non-static", "multichannel")
@@ -66,19 +78,19 @@ class KimCNN(nn.Module):
         padding_idx: int = 0,
     ):
         super().__init__()
+        where = type(self).__name__
+        mode = check_choice(where, "mode", mode, MODES)
+        num_classes = check_num_classes(where, num_classes, allow_zero=False)
+        windows = check_ints(where, "windows", windows)
+        maps = check_int(where, "maps", maps)
+        dropout = check_rate(where, "dropout", dropout)
+        if max_norm is not None:
+            max_norm = check_float(where, "max_norm", max_norm, low=0.0, high=math.inf, low_open=True)
         vectors = _initial_vectors(vocab_size, embed_dim, mode, embedding)
         vocab_size, embed_dim = vectors.shape
-        windows = tuple(windows)
-        if not windows or any(not isinstance(h, int) or h < 1 for h in windows):
-            raise ValueError(f"KimCNN: windows must be positive ints, got {windows!r}")
-        if maps < 1 or num_classes < 1:
-            raise ValueError(f"KimCNN: maps and num_classes must be >= 1, got maps={maps}, num_classes={num_classes}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"KimCNN: dropout must be in [0, 1), got {dropout}")
-        if max_norm is not None and max_norm <= 0:
-            raise ValueError(f"KimCNN: max_norm must be > 0 or None, got {max_norm}")
-        if not 0 <= padding_idx < vocab_size:
-            raise ValueError(f"KimCNN: padding_idx must be in [0, vocab_size={vocab_size}), got {padding_idx}")
+        padding_idx = check_int(
+            where, "padding_idx", padding_idx, low=0, high=vocab_size - 1, note=f" (vocab_size={vocab_size})"
+        )
         self.vocab_size, self.embed_dim, self.num_classes = vocab_size, embed_dim, num_classes
         self.mode, self.windows, self.maps, self.max_norm, self.padding_idx = mode, windows, maps, max_norm, padding_idx
 
@@ -127,20 +139,21 @@ def _embedding(vectors: Tensor, padding_idx: int, *, trainable: bool) -> nn.Embe
 
 def _initial_vectors(vocab_size: int | None, embed_dim: int | None, mode: str, embedding: Tensor | None) -> Tensor:
     """The starting word vectors, Tensor[V, d]: a copy of ``embedding`` or ``U[-0.25, 0.25]`` draws."""
-    if mode not in MODES:
-        raise ValueError(f"KimCNN: mode must be one of {MODES}, got {mode!r}")
+    where = KimCNN.__name__
+    if vocab_size is not None:
+        vocab_size = check_int(where, "vocab_size", vocab_size, high=MAX_VOCAB)
+    if embed_dim is not None:
+        embed_dim = check_int(where, "embed_dim", embed_dim)
     if embedding is None:
         vocab_size = DEFAULT_VOCAB if vocab_size is None else vocab_size
         embed_dim = DEFAULT_DIM if embed_dim is None else embed_dim
-        if vocab_size < 1 or embed_dim < 1:
-            raise ValueError(f"KimCNN: vocab_size and embed_dim must be >= 1, got {vocab_size} and {embed_dim}")
         return torch.empty(vocab_size, embed_dim).uniform_(-UNKNOWN_RANGE, UNKNOWN_RANGE)
     if mode == "rand":
         raise ValueError(
             "KimCNN: mode='rand' initialises the word vectors at random; pass embedding=None or another mode"
         )
     if not isinstance(embedding, Tensor) or not embedding.is_floating_point():
-        raise TypeError(f"KimCNN: embedding must be a floating-point Tensor[V, d], got {type(embedding).__name__}")
+        raise InputTypeError(f"KimCNN: embedding must be a floating-point Tensor[V, d], got {type(embedding).__name__}")
     if embedding.dim() != 2:
         raise ValueError(f"KimCNN: embedding must be Tensor[V, d], got shape {tuple(embedding.shape)}")
     rows, dim = embedding.shape

@@ -19,9 +19,21 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convatlas.errors import InputTypeError
+from convatlas.models.checks import (
+    MAX_BLOCKS,
+    MAX_VOCAB,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_num_classes,
+    check_rate,
+)
 from convatlas.models.registry import register_model
 from convatlas.nn.seqconv import LightConvBlock
 
@@ -38,6 +50,19 @@ def sinusoidal_positions(steps: int, dim: int, *, device=None, dtype=None) -> Te
     out[:, 0::2] = torch.sin(pos * freq)
     out[:, 1::2] = torch.cos(pos * freq[: dim // 2])
     return out.to(dtype or torch.float32)
+
+
+def check_tokens(tokens: Tensor, where: str) -> Tensor:
+    """``tokens`` when it is a LongTensor[N, T] (int32 accepted); a ``ValueError`` naming ``where`` otherwise."""
+    if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{where}: tokens must be LongTensor[N, T], got {tokens.dtype} {tuple(tokens.shape)}")
+    return tokens
+
+
+# Leaves for torch.fx: the check and the position table depend on the input's shape at call time, so a traced model
+# still checks its input and works at every sequence length.
+torch.fx.wrap("check_tokens")
+torch.fx.wrap("sinusoidal_positions")
 
 
 class SelfAttention(nn.Module):
@@ -132,8 +157,29 @@ class SequenceClassifier(nn.Module):
         max_norm: float = 3.0,
     ):
         super().__init__()
-        if mixer not in MIXERS:
-            raise ValueError(f"SequenceClassifier: mixer must be one of {MIXERS}, got {mixer!r}")
+        where = type(self).__name__
+        mixer = check_choice(where, "mixer", mixer, MIXERS)
+        vocab_size = check_int(where, "vocab_size", vocab_size, high=MAX_VOCAB)
+        num_classes = check_num_classes(where, num_classes, allow_zero=False)
+        embed_dim = check_int(where, "embed_dim", embed_dim)
+        dim = check_int(where, "dim", dim)
+        depth = check_int(where, "depth", depth, high=MAX_BLOCKS)
+        heads = check_int(where, "heads", heads, high=dim)
+        if dim % heads:
+            raise ValueError(f"{where}: dim must be a multiple of heads, got dim={dim} and heads={heads}")
+        kernel_size = check_int(where, "kernel_size", kernel_size)
+        ffn_dim = dim * 2 if ffn_dim is None else check_int(where, "ffn_dim", ffn_dim)
+        dropout = check_rate(where, "dropout", dropout)
+        weight_dropout = check_rate(where, "weight_dropout", weight_dropout)
+        freeze_embedding = check_bool(where, "freeze_embedding", freeze_embedding)
+        padding_idx = check_int(
+            where, "padding_idx", padding_idx, low=0, high=vocab_size - 1, note=f" (vocab_size={vocab_size})"
+        )
+        max_norm = check_float(where, "max_norm", max_norm, low=0.0, high=math.inf, low_open=True)
+        if embedding is not None and not isinstance(embedding, Tensor):
+            raise InputTypeError(
+                f"{where}: embedding must be a Tensor[vocab_size, embed_dim] or None, got {type(embedding).__name__}"
+            )
         if embedding is not None and tuple(embedding.shape) != (vocab_size, embed_dim):
             raise ValueError(
                 f"SequenceClassifier: embedding must be Tensor[vocab_size, embed_dim] = [{vocab_size}, {embed_dim}], "
@@ -153,7 +199,7 @@ class SequenceClassifier(nn.Module):
                 mixer=mixer,
                 heads=heads,
                 kernel_size=kernel_size,
-                ffn_dim=ffn_dim or 2 * dim,
+                ffn_dim=ffn_dim,
                 dropout=dropout,
                 weight_dropout=weight_dropout,
             )
@@ -164,10 +210,7 @@ class SequenceClassifier(nn.Module):
 
     def forward_features(self, tokens: Tensor) -> Tensor:
         """Pooled sentence features: ``LongTensor[N, T] -> Tensor[N, D]`` (mean over the non-padding steps)."""
-        if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
-            raise ValueError(
-                f"{self.mixer}_classifier: tokens must be LongTensor[N, T], got {tokens.dtype} {tuple(tokens.shape)}"
-            )
+        tokens = check_tokens(tokens, f"{self.mixer}_classifier")
         padding_mask = tokens == self.padding_idx  # (N, T)
         x = self.in_proj(self.embed(tokens))  # (N, T, D)
         x = x + sinusoidal_positions(x.shape[1], x.shape[2], device=x.device, dtype=x.dtype)

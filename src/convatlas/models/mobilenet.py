@@ -22,6 +22,7 @@ import re
 from torch import Tensor, nn
 
 from convatlas.models.base import ImageModel
+from convatlas.models.checks import check_int, check_module_class, check_multiplier, check_rate
 from convatlas.models.registry import register_model
 from convatlas.nn.conv import SeparableConv2d
 from convatlas.nn.layers import ClassifierHead, ConvNormAct, SqueezeExcite, make_divisible
@@ -143,6 +144,7 @@ class MobileNet(ImageModel):
     TORCHVISION_CLASSIFIER: dict[str, str] | None = {"1": "fc"}
 
     def _finish(self, strides: list[int], head: nn.Module) -> None:
+        self.trunk = ("features",)  # forward_features: features(x)
         self.feature_info = _feature_info(self.features, strides)
         self.num_features = self.features[-1].out_channels
         self.head = head
@@ -157,20 +159,6 @@ class MobileNet(ImageModel):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """x (Tensor[N, in_channels, H, W]) -> Tensor[N, num_features, H/32, W/32] (sizes rounded up)."""
-        return self.features(x)
-
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """One tensor per ``feature_info`` entry (reductions 2, 4, 8, 16, 32); the last equals ``forward_features``."""
-        keep = {int(f["module"].split(".")[1]) for f in self.feature_info}
-        out = []
-        for i, module in enumerate(self.features):
-            x = module(x)
-            if i in keep:
-                out.append(x)
-        return out
 
     def convert_state_dict(self, state_dict: dict[str, Tensor], source: str) -> dict[str, Tensor]:
         """Rename a torchvision (``features.3.conv.1.0.weight``) or timm (``blocks.1.0.conv_dw.weight``) state dict."""
@@ -273,12 +261,13 @@ class MobileNetV1(MobileNet):
         in_channels: int = 3,
         drop_rate: float = 0.0,
     ):
-        super().__init__()
-        if width_mult <= 0:
-            raise ValueError(f"MobileNetV1: width_mult must be > 0, got {width_mult}")
-        self.num_classes, self.in_channels = num_classes, in_channels
+        super().__init__(num_classes=num_classes, in_channels=in_channels)
+        where = type(self).__name__
+        width_mult = check_multiplier(where, "width_mult", width_mult)
+        act = check_module_class(where, "act", act)
+        drop_rate = check_rate(where, "drop_rate", drop_rate)
         channels = make_divisible(32 * width_mult, 8)
-        layers: list[nn.Module] = [ConvNormAct(in_channels, channels, 3, stride=2, act=act)]
+        layers: list[nn.Module] = [ConvNormAct(self.in_channels, channels, 3, stride=2, act=act)]
         strides = [2]
         for out, stride in self.CONFIG:
             out = make_divisible(out * width_mult, 8)
@@ -290,7 +279,7 @@ class MobileNetV1(MobileNet):
             strides.append(stride)
             channels = out
         self.features = nn.Sequential(*layers)
-        self._finish(strides, ClassifierHead(channels, num_classes, drop_rate=drop_rate))
+        self._finish(strides, ClassifierHead(channels, self.num_classes, drop_rate=drop_rate))
 
 
 class MobileNetV2(MobileNet):
@@ -313,12 +302,12 @@ class MobileNetV2(MobileNet):
     def __init__(
         self, *, width_mult: float = 1.0, num_classes: int = 1000, in_channels: int = 3, drop_rate: float = 0.2
     ):
-        super().__init__()
-        if width_mult <= 0:
-            raise ValueError(f"MobileNetV2: width_mult must be > 0, got {width_mult}")
-        self.num_classes, self.in_channels = num_classes, in_channels
+        super().__init__(num_classes=num_classes, in_channels=in_channels)
+        where = type(self).__name__
+        width_mult = check_multiplier(where, "width_mult", width_mult)
+        drop_rate = check_rate(where, "drop_rate", drop_rate)
         channels = make_divisible(32 * width_mult, 8)
-        layers: list[nn.Module] = [ConvNormAct(in_channels, channels, 3, stride=2, act=nn.ReLU6)]
+        layers: list[nn.Module] = [ConvNormAct(self.in_channels, channels, 3, stride=2, act=nn.ReLU6)]
         strides = [2]
         for t, c, n, s in self.CONFIG:
             out = make_divisible(c * width_mult, 8)
@@ -333,7 +322,7 @@ class MobileNetV2(MobileNet):
         layers.append(ConvNormAct(channels, last, 1, act=nn.ReLU6))
         strides.append(1)
         self.features = nn.Sequential(*layers)
-        self._finish(strides, ClassifierHead(last, num_classes, drop_rate=drop_rate))
+        self._finish(strides, ClassifierHead(last, self.num_classes, drop_rate=drop_rate))
 
 
 class MobileNetV3(MobileNet):
@@ -366,13 +355,14 @@ class MobileNetV3(MobileNet):
         in_channels: int = 3,
         drop_rate: float = 0.2,
     ):
-        super().__init__()
-        if width_mult <= 0:
-            raise ValueError(f"MobileNetV3: width_mult must be > 0, got {width_mult}")
-        self.num_classes, self.in_channels = num_classes, in_channels
+        super().__init__(num_classes=num_classes, in_channels=in_channels)
+        where = type(self).__name__
+        width_mult = check_multiplier(where, "width_mult", width_mult)
+        last_channels = check_int(where, "last_channels", last_channels)
+        drop_rate = check_rate(where, "drop_rate", drop_rate)
         norm = functools.partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
         channels = make_divisible(16 * width_mult, 8)
-        layers: list[nn.Module] = [ConvNormAct(in_channels, channels, 3, stride=2, norm=norm, act=nn.Hardswish)]
+        layers: list[nn.Module] = [ConvNormAct(self.in_channels, channels, 3, stride=2, norm=norm, act=nn.Hardswish)]
         strides = [2]
         for kernel, expand, out, se, act, stride in config:
             expand, out = make_divisible(expand * width_mult, 8), make_divisible(out * width_mult, 8)
@@ -386,7 +376,7 @@ class MobileNetV3(MobileNet):
         strides.append(1)
         self.features = nn.Sequential(*layers)
         hidden = make_divisible(last_channels * width_mult, 8)
-        self._finish(strides, MobileNetV3Head(6 * channels, hidden, num_classes, drop_rate=drop_rate))
+        self._finish(strides, MobileNetV3Head(6 * channels, hidden, self.num_classes, drop_rate=drop_rate))
 
 
 _RE, _HS = nn.ReLU, nn.Hardswish

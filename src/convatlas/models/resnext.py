@@ -19,6 +19,7 @@ import re
 from torch import Tensor, nn
 
 from convatlas.models.base import ImageModel
+from convatlas.models.checks import MAX_BLOCKS, MAX_CHANNELS, check_int, check_ints, check_rate
 from convatlas.models.registry import register_model
 from convatlas.nn.layers import ClassifierHead, ConvNormAct
 
@@ -73,15 +74,17 @@ class ResNeXt(ImageModel):
         in_channels: int = 3,
         drop_rate: float = 0.0,
     ):
-        super().__init__()
-        if len(depths) != 4 or min(depths) < 1:
-            raise ValueError(f"ResNeXt: depths must be four positive block counts, got {tuple(depths)}")
-        if groups < 1 or width_per_group < 1:
-            raise ValueError(f"ResNeXt: groups and width_per_group must be >= 1, got {groups} and {width_per_group}")
-        self.num_classes, self.in_channels = num_classes, in_channels
+        super().__init__(num_classes=num_classes, in_channels=in_channels)
+        where = type(self).__name__
+        depths = check_ints(where, "depths", depths, length=4, high=MAX_BLOCKS)
+        groups = check_int(where, "groups", groups)
+        width_per_group = check_int(where, "width_per_group", width_per_group)
+        # The last stage's 3x3 convolution is 8 times as wide as the first stage's groups * width_per_group.
+        check_int(where, "groups * width_per_group", groups * width_per_group, high=MAX_CHANNELS // 8)
+        drop_rate = check_rate(where, "drop_rate", drop_rate)
         self.groups, self.width_per_group = groups, width_per_group
 
-        self.stem = ConvNormAct(in_channels, 64, 7, stride=2)
+        self.stem = ConvNormAct(self.in_channels, 64, 7, stride=2)
         self.pool = nn.MaxPool2d(3, stride=2, padding=1)
         self.feature_info = [{"num_chs": 64, "reduction": 2, "module": "stem"}]
         stages = []
@@ -101,8 +104,9 @@ class ResNeXt(ImageModel):
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append({"num_chs": out_channels, "reduction": reduction, "module": f"stages.{i}"})
         self.stages = nn.Sequential(*stages)
+        self.trunk = ("stem", "pool", "stages")  # forward_features: stages(pool(stem(x)))
         self.num_features = channels
-        self.head = ClassifierHead(channels, num_classes, drop_rate=drop_rate)
+        self.head = ClassifierHead(channels, self.num_classes, drop_rate=drop_rate)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -112,20 +116,6 @@ class ResNeXt(ImageModel):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """The stem's output and each stage's: one tensor per ``feature_info`` entry (reductions 2, 4, 8, 16, 32)."""
-        x = self.stem(x)
-        features = [x]
-        x = self.pool(x)
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """x (Tensor[N, in_channels, H, W]) -> Tensor[N, 2048, H/32, W/32]."""
-        return self.stages(self.pool(self.stem(x)))
 
     def convert_state_dict(self, state_dict: dict[str, Tensor], source: str) -> dict[str, Tensor]:
         """Rename a torchvision or timm ResNeXt state dict (both use ``conv1``, ``layer1.0.bn2``, ``fc``) to ours."""

@@ -21,6 +21,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convatlas.errors import InputTypeError
+from convatlas.models.base import FeatureStages
+from convatlas.models.checks import check_bool, check_choice, check_in_channels, check_ints, check_num_classes
 from convatlas.models.registry import create_model, model_info, register_model
 from convatlas.nn.layers import ConvNormAct
 
@@ -136,7 +139,7 @@ def _upsample(in_channels: int, out_channels: int, factor: int, *, bilinear: boo
     return nn.ConvTranspose2d(in_channels, out_channels, factor, stride=factor)
 
 
-class UNet(nn.Module):
+class UNet(FeatureStages):
     """U-Net: the 2015 paper's network by default, or a decoder on top of a zoo encoder.
 
     Args:
@@ -148,6 +151,10 @@ class UNet(nn.Module):
         batch_norm: BatchNorm after every 3x3 convolution (not in the paper).
         bilinear: bilinear upsampling + 1x1 convolution instead of the 2x2 transposed convolution.
         encoder: name of a registered image classifier whose ``forward_stages`` becomes the contracting path.
+
+    ``forward_stages(x)`` gives the contracting path's maps, one per ``feature_info`` entry, shallowest first (the
+    encoder's stages with an encoder); ``forward_features(x)`` the deepest of them (the encoder's ``forward_features``
+    with an encoder).
 
     Shapes:
         x (Tensor[N, in_channels, H, W]) -> Tensor[N, num_classes, H', W']: H' = 388 for H = 572 with the paper's
@@ -166,12 +173,16 @@ class UNet(nn.Module):
         encoder: str | None = None,
     ):
         super().__init__()
+        where = type(self).__name__
+        in_channels = check_in_channels(where, in_channels)
+        num_classes = check_num_classes(where, num_classes, allow_zero=False)
+        batch_norm = check_bool(where, "batch_norm", batch_norm)
+        bilinear = check_bool(where, "bilinear", bilinear)
+        if encoder is not None and not isinstance(encoder, str):
+            raise InputTypeError(f"{where}: encoder must be the name of a registered model or None, got {encoder!r}")
         if padding is None:
             padding = "same" if encoder else "valid"
-        if padding not in ("valid", "same"):
-            raise ValueError(f"UNet: padding must be 'valid' or 'same', got {padding!r}")
-        if num_classes < 1:
-            raise ValueError(f"UNet: num_classes must be >= 1, got {num_classes}")
+        padding = check_choice(where, "padding", padding, ("valid", "same"))
         self.in_channels, self.num_classes, self.padding = in_channels, num_classes, padding
         pad = 0 if padding == "valid" else 1
 
@@ -187,9 +198,9 @@ class UNet(nn.Module):
             info = self.encoder.feature_info
             channels, reductions = [f["num_chs"] for f in info], [f["reduction"] for f in info]
             modules = [f"encoder.{f['module']}" for f in info]
+            self.trunk = tuple(f"encoder.{path}" for path in self.encoder.trunk)
         else:
-            if len(widths) < 2:
-                raise ValueError(f"UNet: widths needs at least 2 levels, got {widths!r}")
+            widths = check_ints(where, "widths", widths, min_length=2)
             self.encoder = None
             self.down = nn.ModuleList()
             prev = in_channels
@@ -199,6 +210,10 @@ class UNet(nn.Module):
             self.pool = nn.MaxPool2d(2)
             channels, reductions = list(widths), [2**i for i in range(len(widths))]
             modules = [f"down.{i}" for i in range(len(widths))]
+            trunk = ["down.0"]
+            for i in range(1, len(widths)):
+                trunk += ["pool", f"down.{i}"]  # the 2x2 max pool, then the level's two convolutions
+            self.trunk = tuple(trunk)
         self.feature_info = [
             {"num_chs": c, "reduction": r, "module": m} for c, r, m in zip(channels, reductions, modules, strict=True)
         ]
@@ -221,16 +236,6 @@ class UNet(nn.Module):
                     nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)
-
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """The contracting path: one map per ``feature_info`` entry, shallowest first."""
-        if self.encoder is not None:
-            return self.encoder.forward_stages(x)
-        outs = []
-        for i, level in enumerate(self.down):
-            x = level(x if i == 0 else self.pool(x))
-            outs.append(x)
-        return outs
 
     def forward(self, x: Tensor) -> Tensor:
         feats = self.forward_stages(x)

@@ -24,6 +24,7 @@ import re
 from torch import Tensor, nn
 
 from convatlas.models.base import ImageModel
+from convatlas.models.checks import check_rate
 from convatlas.models.registry import register_model
 from convatlas.nn.conv import SeparableConv2d
 from convatlas.nn.layers import ClassifierHead, ConvNormAct
@@ -95,10 +96,10 @@ class Xception(ImageModel):
     """
 
     def __init__(self, *, num_classes: int = 1000, in_channels: int = 3, drop_rate: float = 0.5):
-        super().__init__()
-        self.num_classes, self.in_channels = num_classes, in_channels
+        super().__init__(num_classes=num_classes, in_channels=in_channels)
+        drop_rate = check_rate(type(self).__name__, "drop_rate", drop_rate)
         self.stem = nn.Sequential(
-            ConvNormAct(in_channels, 32, 3, stride=2, padding=0),
+            ConvNormAct(self.in_channels, 32, 3, stride=2, padding=0),
             ConvNormAct(32, 64, 3, padding=0),
         )
         blocks = [
@@ -113,8 +114,9 @@ class Xception(ImageModel):
             SeparableConv2d(1024, 1536, norm=nn.BatchNorm2d, act=nn.ReLU),
             SeparableConv2d(1536, 2048, norm=nn.BatchNorm2d, act=nn.ReLU),
         )
+        self.trunk = ("stem", "blocks", "exit")  # forward_features: exit(blocks(stem(x)))
         self.num_features = 2048
-        self.head = ClassifierHead(2048, num_classes, drop_rate=drop_rate)
+        self.head = ClassifierHead(2048, self.num_classes, drop_rate=drop_rate)
         # Outputs of the stem, of the entry-flow blocks 1 and 2, of the middle flow and of the exit flow.
         self.feature_info = [
             {"num_chs": 64, "reduction": 2, "module": "stem"},
@@ -133,20 +135,6 @@ class Xception(ImageModel):
                 bound = 1.0 / math.sqrt(m.in_features)
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
-
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """The outputs named in ``feature_info`` (reductions 2, 4, 8, 16, 32)."""
-        x = self.stem(x)
-        outs = [x]
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i in (0, 1, 10):
-                outs.append(x)
-        outs.append(self.exit(x))
-        return outs
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.exit(self.blocks(self.stem(x)))
 
     def convert_state_dict(self, state_dict: dict[str, Tensor], source: str) -> dict[str, Tensor]:
         """Rename a timm ``legacy_xception`` state dict to this model's names (torchvision has no Xception)."""

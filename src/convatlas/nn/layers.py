@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -98,6 +99,10 @@ def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
     keep = 1.0 - p
     mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
     return x * mask / keep
+
+
+# A leaf for torch.fx, as torchvision's stochastic_depth: one call in a traced graph, its mask drawn at call time.
+torch.fx.wrap("drop_path")
 
 
 class DropPath(nn.Module):

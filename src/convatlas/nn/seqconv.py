@@ -14,12 +14,26 @@ corresponding step of the full-sequence forward.
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convatlas.ops.seqconv import dynamic_conv, lightweight_conv
 
 __all__ = ["DynamicConv1d", "LightConvBlock", "LightweightConv1d"]
+
+
+def _check_input(x: Tensor, where: str, layout: str, dim: int, size: int) -> Tensor:
+    """``x`` when it has 3 dimensions and ``size`` entries along ``dim``, else a ``ValueError`` naming ``where``."""
+    if x.dim() != 3 or x.shape[dim] != size:
+        raise ValueError(f"{where}: x must be Tensor[{layout}], got {tuple(x.shape)}")
+    return x
+
+
+# Leaves for torch.fx (as torchvision's ops): their checks and kernel choice run at call time, also in a traced graph.
+torch.fx.wrap("_check_input")
+torch.fx.wrap("lightweight_conv")
+torch.fx.wrap("dynamic_conv")
 
 
 class _SeqConv1d(nn.Module):
@@ -156,8 +170,7 @@ class DynamicConv1d(_SeqConv1d):
         return w.view(batch, steps, self.heads, self.kernel_size).permute(0, 2, 3, 1)  # (B, H, K, T)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 3 or x.shape[1] != self.channels:
-            raise ValueError(f"DynamicConv1d: x must be Tensor[B, {self.channels}, T], got {tuple(x.shape)}")
+        x = _check_input(x, "DynamicConv1d", f"B, {self.channels}, T", 1, self.channels)
         w = self.predict_kernel(x)
         out = dynamic_conv(
             x, w, self.padding_l, self.weight_softmax, dropout=self.weight_dropout, training=self.training
@@ -213,8 +226,7 @@ class LightConvBlock(nn.Module):
         self.out_proj = nn.Linear(conv_dim, dim)
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"LightConvBlock: x must be Tensor[B, T, {self.dim}], got {tuple(x.shape)}")
+        x = _check_input(x, "LightConvBlock", f"B, T, {self.dim}", 2, self.dim)
         u = F.glu(self.in_proj(x), dim=-1)  # (B, T, C)
         if padding_mask is not None:
             u = u.masked_fill(padding_mask[..., None], 0.0)  # padding must not leak into real tokens
