@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import numpy as np
@@ -389,3 +390,8 @@ def test_bad_input_is_named():
         felzenszwalb(np.zeros((4, 4, 3)), 0)
     with pytest.raises(ValueError, match=r"edge_graph: image must be \(H, W, C\) with H, W >= 2, got \(1, 4, 3\)"):
         edge_graph(np.zeros((1, 4, 3)))
+    graph = edge_graph(np.zeros((4, 5, 3)))
+    with pytest.raises(ValueError, match=r"graph.order must be contiguous int64 of shape \(55,\) for a 4x5 image"):
+        felzenszwalb(dataclasses.replace(graph, order=graph.order[:10]), 50)
+    with pytest.raises(ValueError, match=r"graph.order must hold edge numbers in \[0, 55\)"):
+        felzenszwalb(dataclasses.replace(graph, order=graph.order + 1), 50)

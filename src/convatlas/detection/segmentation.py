@@ -92,8 +92,19 @@ def felzenszwalb(
     if not k > 0:
         raise ValueError(f"felzenszwalb: k must be > 0, got {k}")
     min_size = int(k) if min_size is None else int(min_size)
-    graph = image if isinstance(image, EdgeGraph) else edge_graph(image, sigma)
+    graph = image if isinstance(image, EdgeGraph) else edge_graph(image, sigma, backend=backend)
     h, w = graph.image.shape[:2]
+    edges = 4 * h * w - 3 * h - 3 * w + 2
+    if h * w >= 2**31:
+        raise ValueError(f"felzenszwalb: image must have fewer than 2**31 pixels, got {h}x{w}")
+    for name, array, dtype in (("weights", graph.weights, np.float64), ("order", graph.order, np.int64)):
+        if array.dtype != dtype or array.shape != (edges,) or not array.flags.c_contiguous:
+            raise ValueError(
+                f"felzenszwalb: graph.{name} must be contiguous {np.dtype(dtype)} of shape ({edges},) for a {h}x{w} "
+                f"image, got {array.dtype} {array.shape}; build the graph with edge_graph()"
+            )
+    if edges and not (graph.order.min() >= 0 and graph.order.max() < edges):
+        raise ValueError(f"felzenszwalb: graph.order must hold edge numbers in [0, {edges}); use edge_graph()")
     lib = native_library(backend, "felzenszwalb")
     if lib is None:
         from skimage.segmentation import felzenszwalb as reference
