@@ -18,7 +18,8 @@ Speed: the work that is shared is done once per image: per colour space, one con
 and one set of per-pixel histogram bins; per ``(colour space, k)``, one segmentation and one set of region
 statistics, shared by the strategies that differ only in their similarities. The segmentation's union-find loop,
 the region statistics and the grouping loop run in C (:mod:`convatlas.detection._ss_native`); ``backend="python"``
-runs NumPy, scikit-image's segmentation and a Python grouping loop instead, with the same result. Histograms are
+runs NumPy, scikit-image's segmentation and a Python grouping loop instead, with the same result (up to the order
+of equal edge weights, see :mod:`convatlas.detection.segmentation`). Histograms are
 kept as integer counts, so merging two regions adds counts exactly and the intersection of two L1-normalised
 histograms, ``sum_b min(c_i[b] / n_i, c_j[b] / n_j)``, is ``sum_b min(c_i[b] n_j, c_j[b] n_i) / (n_i n_j)``: an
 exact integer sum and one division, the same number on both paths.
