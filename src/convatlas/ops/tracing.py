@@ -48,7 +48,9 @@ def fx_leaf(fn: F) -> F:
 
     @functools.wraps(fn)
     def leaf(*args: Any, **kwargs: Any) -> Any:
-        proxy = _find_proxy(args) or _find_proxy(kwargs)
+        proxy = _find_proxy(args)
+        if proxy is None:
+            proxy = _find_proxy(kwargs)
         if proxy is not None:
             out = proxy.tracer.create_proxy("call_function", leaf, args, kwargs)
             out.node.meta["is_wrapped"] = True

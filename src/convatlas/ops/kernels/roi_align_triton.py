@@ -3,13 +3,13 @@
 One program computes one output bin ``(k, i, j)`` for a block of channels: it walks the bin's bilinear samples and
 reads the four corner vectors from the channels-last map ``[N*H*W, C]``, so every load is contiguous. The arithmetic
 follows the PyTorch path step by step (sample position, the ``[-1, H]`` validity window, clamping, low and high
-corners). Only the samples in a window computed on the host are visited (:func:`convatlas.ops.roi.sample_windows`:
-every sample that can fall inside the map, so a box of side 1e9 visits about the map's size, not 1e9 samples); the
-average still divides by the full ``g_h x g_w``. The backward program walks the same samples and adds
+corners). Only the samples in a window computed by :mod:`convatlas.ops.roi` are visited (every sample that can fall
+inside the map, so a box of side 1e9 visits about the map's size, not 1e9 samples); the average still divides by the
+full ``g_h x g_w``. The backward program walks the same samples and adds
 ``weight * grad`` into the input gradient with atomic adds, as torchvision's CUDA kernel does.
 
 Tested on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` when Triton is imported) against
-torchvision; the CUDA timings are in ``docs/detection-ops.md``.
+torchvision; GPU timings: not measured (``benchmarks/ops.py --device cuda`` prints them).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def roi_align_triton(
         rois (Tensor[K, 5]): (batch index, x1, y1, x2, y2), validated, same dtype as ``flat``.
         grids (Tensor[K, 2]): samples per bin ``(g_h, g_w)`` of each box, int64.
         windows (Tensor[K, PH, 2], Tensor[K, PW, 2]): the ``[lo, hi)`` sample indices of each bin row / column that
-            can fall inside the map (:func:`convatlas.ops.roi.sample_windows`).
+            can fall inside the map (computed by :mod:`convatlas.ops.roi`).
         shape: ``(N, C, H, W)`` of the map.
         output_size: ``(PH, PW)``.
         spatial_scale, aligned: as in :func:`convatlas.ops.roi.roi_align`.
