@@ -23,6 +23,7 @@ from convatlas.nn import MultiScaleRoIAlign, RoIAlign, RoIPool
 from convatlas.ops import boxes as B
 from convatlas.ops.roi import multi_scale_roi_align, roi_align, roi_pool
 from helpers import check_against
+from test_kernels_native import needs_c
 
 ROOT = Path(__file__).parent.parent
 
@@ -272,7 +273,7 @@ def slow_soft_nms_nan_safe(boxes, scores, sigma, score_thr):
     return keep
 
 
-@pytest.mark.parametrize("backend", ["c", "torch"])
+@pytest.mark.parametrize("backend", [pytest.param("c", marks=needs_c), "torch"])
 @pytest.mark.parametrize("nan_first", [True, False])
 def test_soft_nms_with_a_nan_box_keeps_the_other_boxes(backend, nan_first):
     """One NaN box used to decay every other box to NaN and drop it; now it overlaps nothing, as in nms.
@@ -289,7 +290,7 @@ def test_soft_nms_with_a_nan_box_keeps_the_other_boxes(backend, nan_first):
     assert set(B.nms(boxes, scores, 0.3).tolist()) == {0, 1, 3}  # nms keeps the NaN box and the far one too
 
 
-@pytest.mark.parametrize("backend", ["c", "torch"])
+@pytest.mark.parametrize("backend", [pytest.param("c", marks=needs_c), "torch"])
 def test_nms_orders_int64_scores_above_2_pow_24_exactly(backend):
     """2**24 + 1 and 2**24 are one float32: the higher score must still win. Reference: the greedy definition on
     the exact integers (box 1 has the higher score, so it suppresses box 0)."""

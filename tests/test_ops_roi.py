@@ -15,9 +15,10 @@ from convatlas.ops.backend import resolve
 from convatlas.ops.kernels import triton_support
 from convatlas.ops.roi import assign_levels, boxes_to_rois, multi_scale_roi_align, roi_align, roi_pool
 from helpers import check_against
+from test_kernels_native import needs_c
 
 
-@pytest.fixture(params=["c", "torch"])
+@pytest.fixture(params=[pytest.param("c", marks=needs_c), "torch"])
 def pool_backend(request):
     """Run a RoI pool test on the C kernel and on the vectorised PyTorch path."""
     if request.param == "c":

@@ -30,7 +30,16 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["CFLAGS", "SOURCES", "NativeLibrary", "cache_dir", "library", "source_digest", "untrusted_reason"]
+__all__ = [
+    "CFLAGS",
+    "SOURCES",
+    "NativeLibrary",
+    "cache_dir",
+    "compiler",
+    "library",
+    "source_digest",
+    "untrusted_reason",
+]
 
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = ("nms.c", "roi_pool.c", "version.c")
@@ -116,11 +125,17 @@ def _private_dir(path: Path) -> None:
             d.mkdir(mode=0o700)
 
 
+def compiler() -> str | None:
+    """The C compiler command for first-use builds (``$CC``, default ``cc``), or ``None`` when it is not on PATH."""
+    cc = os.environ.get("CC") or "cc"
+    return cc if shutil.which(cc.split()[0]) is not None else None
+
+
 def _compile(out: Path, csrc: Path, digest: str) -> None:
     """Compile the sources into ``out`` through a private temporary directory and an atomic rename."""
-    cc = os.environ.get("CC") or "cc"
-    if shutil.which(cc.split()[0]) is None:
-        raise OSError(f"no C compiler: {cc!r} is not on PATH")
+    cc = compiler()
+    if cc is None:
+        raise OSError(f"no C compiler: {os.environ.get('CC') or 'cc'!r} is not on PATH")
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # mode 0700
         tmp_out = Path(tmp) / out.name
         cmd = [*cc.split(), *CFLAGS, "-shared", f'-DKERNELS_SOURCE_DIGEST="{digest}"']
