@@ -18,7 +18,9 @@ $(VENV)/.torch:
 	$(PIP) install -q $(TORCH_PINS)
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+# The editable install also builds the C kernels (setup.py's optional extension; without a C compiler the package
+# installs without them and the operators run their PyTorch path): their sources are prerequisites, so an edit rebuilds.
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml setup.py $(wildcard src/convatlas/ops/kernels/csrc/*.c)
 	$(PIP) install -q -e '.[dev,extras]' $(TORCH_PINS)
 	$(PIP) install -q --no-deps mlxtend==0.25.0
 	$(PIP) install -q --no-deps stardist==0.9.2

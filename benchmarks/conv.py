@@ -5,13 +5,16 @@ Prints, per case, the median time of ours and of PyTorch (forward, and forward +
 On CPU the time is this process's CPU time (``time.process_time``, one thread by default), which stays comparable
 on a machine shared with other jobs; on CUDA it is wall time between synchronisations.
 
-    .venv/bin/python benchmarks/conv.py [--threads 1] [--repeat 20] [--quick]
+    .venv/bin/python benchmarks/conv.py [--device all|cpu|cuda] [--threads 1] [--repeat 20] [--quick]
+
+``--quick`` runs every case at tiny sizes with three timed calls (a smoke run).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -45,46 +48,46 @@ def _time(fn: Callable[[], torch.Tensor], repeat: int, backward: bool, device: s
 
 
 def cases(device: str, quick: bool) -> list[tuple[str, Callable, Callable, list[torch.Tensor]]]:
-    """(name, ours, PyTorch, leaf tensors) for each benchmark case."""
-    n = 2 if quick else 8
+    """(name, ours, PyTorch, leaf tensors) for each benchmark case; ``quick``: batch 1 and maps of side 14 / 7."""
+    n, big, small = (1, 14, 7) if quick else (8, 56, 28)
 
     def leaf(*shape):
         return torch.randn(*shape, device=device).requires_grad_()
 
-    x64, w64 = leaf(n, 64, 56, 56), leaf(64, 64, 3, 3)
-    xg, wg = leaf(n, 64, 56, 56), leaf(64, 2, 3, 3)  # ResNeXt-style groups = 32
-    xd, wd = leaf(n, 128, 56, 56), leaf(128, 1, 3, 3)
-    xp, wp = leaf(n, 128, 28, 28), leaf(256, 128, 1, 1)
-    xt, wt = leaf(n, 64, 28, 28), leaf(64, 32, 4, 4)
-    xs, ds, ps = leaf(n, 128, 28, 28), leaf(128, 1, 3, 3), leaf(128, 128, 1, 1)
+    x64, w64 = leaf(n, 64, big, big), leaf(64, 64, 3, 3)
+    xg, wg = leaf(n, 64, big, big), leaf(64, 2, 3, 3)  # ResNeXt-style groups = 32
+    xd, wd = leaf(n, 128, big, big), leaf(128, 1, 3, 3)
+    xp, wp = leaf(n, 128, small, small), leaf(256, 128, 1, 1)
+    xt, wt = leaf(n, 64, small, small), leaf(64, 32, 4, 4)
+    xs, ds, ps = leaf(n, 128, small, small), leaf(128, 1, 3, 3), leaf(128, 128, 1, 1)
     return [
         (
-            "conv2d 3x3 64->64 @56",
+            f"conv2d 3x3 64->64 @{big}",
             lambda: conv2d(x64, w64, None, 1, 1),
             lambda: F.conv2d(x64, w64, None, 1, 1),
             [x64, w64],
         ),
         (
-            "conv2d 3x3 groups=32 @56",
+            f"conv2d 3x3 groups=32 @{big}",
             lambda: conv2d(xg, wg, None, 1, 1, 1, 32),
             lambda: F.conv2d(xg, wg, None, 1, 1, 1, 32),
             [xg, wg],
         ),
         (
-            "depthwise 3x3 128 @56",
+            f"depthwise 3x3 128 @{big}",
             lambda: depthwise_conv(xd, wd, padding=1),
             lambda: F.conv2d(xd, wd, None, 1, 1, 1, 128),
             [xd, wd],
         ),
-        ("pointwise 128->256 @28", lambda: pointwise_conv(xp, wp), lambda: F.conv2d(xp, wp), [xp, wp]),
+        (f"pointwise 128->256 @{small}", lambda: pointwise_conv(xp, wp), lambda: F.conv2d(xp, wp), [xp, wp]),
         (
-            "conv_transpose2d 4x4/2 64->32 @28",
+            f"conv_transpose2d 4x4/2 64->32 @{small}",
             lambda: conv_transpose2d(xt, wt, None, 2, 1),
             lambda: F.conv_transpose2d(xt, wt, None, 2, 1),
             [xt, wt],
         ),
         (
-            "separable 3x3 128->128 @28",
+            f"separable 3x3 128->128 @{small}",
             lambda: separable_conv(xs, ds, ps, padding=1),
             lambda: F.conv2d(F.conv2d(xs, ds, None, 1, 1, 1, 128), ps),
             [xs, ds, ps],
@@ -92,29 +95,32 @@ def cases(device: str, quick: bool) -> list[tuple[str, Callable, Callable, list[
     ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all", help="default: CPU, and CUDA if any")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     parser.add_argument("--repeat", type=int, default=20, help="timed calls per case (default 20)")
-    parser.add_argument("--quick", action="store_true", help="batch 2 instead of 8")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and 3 timed calls (a smoke run)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     torch.set_num_threads(args.threads)
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(
-        f"torch {torch.__version__}, {args.threads} CPU thread(s), float32, median of {args.repeat} (CPU: process time)"
-    )
+    repeat = 3 if args.quick else args.repeat
+    devices = [args.device] if args.device != "all" else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"torch {torch.__version__}, {args.threads} CPU thread(s), float32, median of {repeat} (CPU: process time)")
     header = f"{'device':6} {'case':36} {'pass':9} {'ours ms':>9} {'torch ms':>9} {'ratio':>6}"
     print(header)
     for device in devices:
         for name, ours, reference, leaves in cases(device, args.quick):
             for backward in (False, True):
-                t_ours = _time(ours, args.repeat, backward, device)
-                t_ref = _time(reference, args.repeat, backward, device)
+                t_ours = _time(ours, repeat, backward, device)
+                t_ref = _time(reference, repeat, backward, device)
                 for t in leaves:
                     t.grad = None
                 label = "fwd+bwd" if backward else "fwd"
                 print(f"{device:6} {name:36} {label:9} {t_ours * 1e3:9.2f} {t_ref * 1e3:9.2f} {t_ref / t_ours:6.2f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

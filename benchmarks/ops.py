@@ -1,26 +1,28 @@
 """Detection operators, ours vs torchvision.ops in the same run: NMS, batched NMS, RoI align, RoI pool.
 
 Prints markdown tables with the ratio torchvision time / our time (above 1.0: we are faster) and checks that both
-give the same answer. CPU rows always run; CUDA rows run when a GPU is present.
+give the same answer. Every backend of ours that can run on the device is timed, chosen by the operators' ``backend``
+argument (:func:`convatlas.ops.backends` lists them).
 
-    .venv/bin/python benchmarks/ops.py            # all
-    .venv/bin/python benchmarks/ops.py --quick    # fewer repeats
+    .venv/bin/python benchmarks/ops.py                  # CPU, and CUDA when present
+    .venv/bin/python benchmarks/ops.py --device cuda    # one device
+    .venv/bin/python benchmarks/ops.py --quick          # tiny sizes and few repeats: a smoke run of every case
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 
 import torch
 import torchvision
 
+from convatlas.ops import backends
 from convatlas.ops import boxes as B
 from convatlas.ops import roi as R
-from convatlas.ops.kernels import nms as K
 
 IMAGE = 1000.0  # side of the square image the boxes live in
 
@@ -46,12 +48,17 @@ def clustered_boxes(n: int, gen: torch.Generator, objects: int = 40) -> tuple[to
     return boxes, scores
 
 
+# milliseconds of repeated runs per side and case (QUICK in a smoke run)
+BUDGET_MS, QUICK_BUDGET_MS = 500.0, 5.0
+budget_ms = BUDGET_MS
+
+
 def timeit(ref: Callable[[], object], ours: Callable[[], object], repeats: int, sync: bool = False):
     """Best wall times (ms) of ``ref`` and ``ours`` over interleaved runs, after one warm-up each.
 
     Interleaving and taking the minimum keep the ratio honest on a machine shared with other jobs: both sides see
     the same background load, and the minimum is the run least disturbed by it. Fast calls get more runs (about
-    half a second per side, at most 300, each side counted on its own) so that a scheduler time slice does not
+    ``budget_ms`` per side, at most 300, each side counted on its own) so that a scheduler time slice does not
     decide the result.
     """
 
@@ -65,7 +72,7 @@ def timeit(ref: Callable[[], object], ours: Callable[[], object], repeats: int, 
         return (time.perf_counter() - t0) * 1e3
 
     best = [once(ref), once(ours)]
-    runs = [max(repeats, min(300, int(500 / max(t, 1e-3)))) for t in best]
+    runs = [max(repeats, min(300, int(budget_ms / max(t, 1e-3)))) for t in best]
     for i in range(max(runs)):
         for side, fn in enumerate((ref, ours)):
             if i < runs[side]:
@@ -77,29 +84,31 @@ def row(cells: list[object]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def available(op: str, device: str) -> tuple[str, ...]:
+    """Our backends that can run ``op`` on ``device``, ``"auto"``'s pick first."""
+    (report,) = [r for r in backends(device) if r.op == op]
+    return (report.auto, *(b for b in report.available if b != report.auto))
+
+
 def bench_nms(device: str, sizes: list[int], repeats: int) -> None:
     sync = device == "cuda"
     print(f"\n### NMS on {device} (IoU threshold 0.5)\n")
     print(row(["boxes", "distribution", "kept", "torchvision ms", "ours ms", "ratio", "backend"]))
     print(row(["---:", "---", "---:", "---:", "---:", "---:", "---"]))
-    # on a GPU both of our back ends are timed: the C kernel on the host (the default) and blocked PyTorch on device
-    backends = [K.backend_for(torch.device(device))] + (["torch"] if device == "cuda" else [])
     gen = torch.Generator().manual_seed(0)
     for n in sizes:
         for name, make in (("uniform", uniform_boxes), ("clustered", clustered_boxes)):
             boxes, scores = (t.to(device) for t in make(n, gen))
             ref = torchvision.ops.nms(boxes, scores, 0.5)
-            for backend in backends:
-                os.environ["CONVATLAS_NMS_BACKEND"] = backend  # the public function, with its checks, is timed
-                ours = B.nms(boxes, scores, 0.5)
+            for backend in available("nms", device):  # the public function, with its checks, is timed
+                ours = B.nms(boxes, scores, 0.5, backend=backend)
                 assert torch.equal(ref, ours), f"NMS differs from torchvision at n={n} ({name}, {backend})"
                 t_ref, t_ours = timeit(
                     lambda b=boxes, s=scores: torchvision.ops.nms(b, s, 0.5),
-                    lambda b=boxes, s=scores: B.nms(b, s, 0.5),
+                    lambda b=boxes, s=scores, k=backend: B.nms(b, s, 0.5, backend=k),
                     repeats,
                     sync,
                 )
-                del os.environ["CONVATLAS_NMS_BACKEND"]
                 print(row([n, name, len(ref), f"{t_ref:.2f}", f"{t_ours:.2f}", f"{t_ref / t_ours:.1f}x", backend]))
 
 
@@ -110,62 +119,74 @@ def bench_batched_nms(device: str, n: int, repeats: int) -> None:
     idxs = torch.randint(0, 80, (n,), generator=gen)
     boxes, scores, idxs = boxes.to(device), scores.to(device), idxs.to(device)
     ref = torchvision.ops.batched_nms(boxes, scores, idxs, 0.5)
-    ours = B.batched_nms(boxes, scores, idxs, 0.5)
-    # same kept set (the order of equal scores is unspecified in torchvision; ours breaks ties by index)
-    same = set(ref.tolist()) == set(ours.tolist())
-    t_ref, t_ours = timeit(
-        lambda: torchvision.ops.batched_nms(boxes, scores, idxs, 0.5),
-        lambda: B.batched_nms(boxes, scores, idxs, 0.5),
-        repeats,
-        sync,
-    )
     print(f"\n### batched NMS on {device}: {n} clustered boxes, 80 classes\n")
-    print(row(["torchvision ms", "ours ms", "ratio", "same kept set"]))
-    print(row(["---:", "---:", "---:", "---"]))
-    print(row([f"{t_ref:.2f}", f"{t_ours:.2f}", f"{t_ref / t_ours:.1f}x", same]))
+    print(row(["backend", "torchvision ms", "ours ms", "ratio", "same kept set"]))
+    print(row(["---", "---:", "---:", "---:", "---"]))
+    for backend in available("batched_nms", device):
+        ours = B.batched_nms(boxes, scores, idxs, 0.5, backend=backend)
+        # same kept set (the order of equal scores is unspecified in torchvision; ours breaks ties by index)
+        same = set(ref.tolist()) == set(ours.tolist())
+        t_ref, t_ours = timeit(
+            lambda: torchvision.ops.batched_nms(boxes, scores, idxs, 0.5),
+            lambda k=backend: B.batched_nms(boxes, scores, idxs, 0.5, backend=k),
+            repeats,
+            sync,
+        )
+        print(row([backend, f"{t_ref:.2f}", f"{t_ours:.2f}", f"{t_ref / t_ours:.1f}x", same]))
 
 
-def bench_roi(device: str, repeats: int) -> None:
+def bench_roi(device: str, repeats: int, quick: bool) -> None:
     sync = device == "cuda"
     gen = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 256, 50, 68, generator=gen).to(device)  # a stride-16 map of an 800 x 1088 image
-    k = 512
-    xy = torch.rand(k, 2, generator=gen) * torch.tensor([1000.0, 700.0])
+    n, c, h, w, k = (2, 16, 12, 17, 32) if quick else (2, 256, 50, 68, 512)  # full: a stride-16 map of 800 x 1088
+    x = torch.randn(n, c, h, w, generator=gen).to(device)
+    xy = torch.rand(k, 2, generator=gen) * torch.tensor([w * 15.0, h * 14.0])
     wh = 16 + torch.rand(k, 2, generator=gen) * 300
-    rois = torch.cat([torch.randint(0, 2, (k, 1), generator=gen).float(), xy, xy + wh], dim=1).to(device)
-    print(f"\n### RoI operators on {device}: 512 boxes on a 2 x 256 x 50 x 68 map, 7 x 7 output, scale 1/16\n")
+    rois = torch.cat([torch.randint(0, n, (k, 1), generator=gen).float(), xy, xy + wh], dim=1).to(device)
+    print(f"\n### RoI operators on {device}: {k} boxes on a {n} x {c} x {h} x {w} map, 7 x 7 output, scale 1/16\n")
     cases = [
-        ("roi_align (sampling 2)", R.roi_align, torchvision.ops.roi_align, (7, 1 / 16, 2, True)),
-        ("roi_align (adaptive)", R.roi_align, torchvision.ops.roi_align, (7, 1 / 16, -1, False)),
-        ("roi_pool", R.roi_pool, torchvision.ops.roi_pool, (7, 1 / 16)),
+        ("roi_align (sampling 2)", "roi_align", R.roi_align, torchvision.ops.roi_align, (7, 1 / 16, 2, True)),
+        ("roi_align (adaptive)", "roi_align", R.roi_align, torchvision.ops.roi_align, (7, 1 / 16, -1, False)),
+        ("roi_pool", "roi_pool", R.roi_pool, torchvision.ops.roi_pool, (7, 1 / 16)),
     ]
-    roi_table(x, rois, cases, repeats, sync)
+    roi_table(device, x, rois, cases, repeats, sync)
     # The call the Faster R-CNN head makes in benchmarks/detection.py: mobilenet_v3_small's stride-16 map of a batch
     # of sixteen 128 px scenes (48 channels, 8 x 8) and 150 proposals per image, given as a list (its fast path).
-    x = torch.randn(16, 48, 8, 8, generator=gen).to(device)
-    xy = torch.rand(16, 150, 2, generator=gen) * 110
-    boxes = [torch.cat([p, p + 4 + torch.rand(150, 2, generator=gen) * 90], dim=1).to(device) for p in xy]
-    print(f"\n### RoI align on {device} as a detector head calls it: 16 x 150 boxes (list), 16 x 48 x 8 x 8 map\n")
-    cases = [("roi_align (sampling 2, aligned)", R.roi_align, torchvision.ops.roi_align, (7, 1 / 16, 2, True))]
-    roi_table(x, boxes, cases, repeats, sync)
+    b, k = (2, 20) if quick else (16, 150)
+    x = torch.randn(b, 48, 8, 8, generator=gen).to(device)
+    xy = torch.rand(b, k, 2, generator=gen) * 110
+    boxes = [torch.cat([p, p + 4 + torch.rand(k, 2, generator=gen) * 90], dim=1).to(device) for p in xy]
+    print(f"\n### RoI align on {device} as a detector head calls it: {b} x {k} boxes (list), {b} x 48 x 8 x 8 map\n")
+    cases = [
+        ("roi_align (sampling 2, aligned)", "roi_align", R.roi_align, torchvision.ops.roi_align, (7, 1 / 16, 2, True))
+    ]
+    roi_table(device, x, boxes, cases, repeats, sync)
 
 
-def roi_table(x, rois, cases, repeats: int, sync: bool) -> None:
-    print(row(["op", "pass", "torchvision ms", "ours ms", "ratio", "max abs diff"]))
-    print(row(["---", "---", "---:", "---:", "---:", "---:"]))
-    for name, ours_fn, ref_fn, args in cases:
-        diff = (ours_fn(x, rois, *args) - ref_fn(x, rois, *args)).abs().max().item()
-        t_ref, t_ours = timeit(
-            lambda f=ref_fn, a=args: f(x, rois, *a), lambda f=ours_fn, a=args: f(x, rois, *a), repeats, sync
-        )
-        print(row([name, "forward", f"{t_ref:.2f}", f"{t_ours:.2f}", f"{t_ref / t_ours:.2f}x", f"{diff:.1e}"]))
-        xg = x.clone().requires_grad_()
+def roi_table(device: str, x, rois, cases, repeats: int, sync: bool) -> None:
+    print(row(["op", "backend", "pass", "torchvision ms", "ours ms", "ratio", "max abs diff"]))
+    print(row(["---", "---", "---", "---:", "---:", "---:", "---:"]))
+    for name, op, ours_fn, ref_fn, args in cases:
+        for backend in available(op, device):
+            diff = (ours_fn(x, rois, *args, backend=backend) - ref_fn(x, rois, *args)).abs().max().item()
+            t_ref, t_ours = timeit(
+                lambda f=ref_fn, a=args: f(x, rois, *a),
+                lambda f=ours_fn, a=args, k=backend: f(x, rois, *a, backend=k),
+                repeats,
+                sync,
+            )
+            ratio = f"{t_ref / t_ours:.2f}x"
+            print(row([name, backend, "forward", f"{t_ref:.2f}", f"{t_ours:.2f}", ratio, f"{diff:.1e}"]))
+            xg = x.clone().requires_grad_()
 
-        def fwd_bwd(f, a=args, xg=xg):
-            f(xg, rois, *a).sum().backward()
+            def fwd_bwd(f, a=args, xg=xg, **kw):
+                f(xg, rois, *a, **kw).sum().backward()
 
-        t_ref, t_ours = timeit(lambda f=ref_fn: fwd_bwd(f), lambda f=ours_fn: fwd_bwd(f), repeats, sync)
-        print(row([name, "forward + backward", f"{t_ref:.2f}", f"{t_ours:.2f}", f"{t_ref / t_ours:.2f}x", ""]))
+            t_ref, t_ours = timeit(
+                lambda f=ref_fn: fwd_bwd(f), lambda f=ours_fn, k=backend: fwd_bwd(f, backend=k), repeats, sync
+            )
+            ratio = f"{t_ref / t_ours:.2f}x"
+            print(row([name, backend, "forward + backward", f"{t_ref:.2f}", f"{t_ours:.2f}", ratio, ""]))
 
 
 # Ground-truth-like boxes on scikit-image's astronaut (x1, y1, x2, y2): face, shuttle, helmet, mission patch, flag.
@@ -212,30 +233,39 @@ def nms_figure(path: str, per_object: int = 25, threshold: float = 0.5) -> None:
     print(f"wrote {path}: {len(boxes)} boxes -> {len(keep)} kept")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all", help="default: CPU, and CUDA if any")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke run of every case)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (both libraries' kernels are serial)")
     parser.add_argument("--only", choices=["nms", "roi"], help="run one group")
     parser.add_argument("--figure", metavar="PNG", help="only draw NMS before/after on the astronaut image to PNG")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.figure:
         nms_figure(args.figure)
-        return
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     torch.set_num_threads(args.threads)
-    repeats = 3 if args.quick else 7
+    global budget_ms
+    budget_ms = QUICK_BUDGET_MS if args.quick else BUDGET_MS
+    repeats = 1 if args.quick else 7
+    sizes, batched = ([200, 1000], 500) if args.quick else ([1000, 5000, 20000], 5000)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     cpu = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {cpu}, {torch.get_num_threads()} threads")
     print(f"CUDA device: {gpu}")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = [args.device] if args.device != "all" else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
+        for report in backends(device):
+            print(f"- {report}")
         if args.only in (None, "nms"):
-            bench_nms(device, [1000, 5000, 20000], repeats)
-            bench_batched_nms(device, 5000, repeats)
+            bench_nms(device, sizes, repeats)
+            bench_batched_nms(device, batched, repeats)
         if args.only in (None, "roi"):
-            bench_roi(device, repeats)
+            bench_roi(device, repeats, args.quick)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

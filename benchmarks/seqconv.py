@@ -1,10 +1,12 @@
 """Lightweight and dynamic convolution against their alternatives, and sentence models against sequence length.
 
-Run: ``python benchmarks/seqconv.py`` (CUDA when present, else CPU; ``--device cpu`` forces CPU).
+Run: ``python benchmarks/seqconv.py`` (CUDA when present, else CPU; ``--device cpu`` forces CPU; ``--quick`` runs
+every case at tiny sizes, a smoke run).
 
 1. Operators, same run, same inputs (the issue's GPU setting: B=32, C=1024, T=512, H=16, K=31, bf16; on CPU a
    smaller float32 setting):
-   - ``lightweight_conv`` (Triton on CUDA, the PyTorch path on CPU) against a grouped ``F.conv1d`` (cuDNN on CUDA)
+   - ``lightweight_conv`` on each backend that can run on the device (``backend="triton"`` and ``"torch"`` on CUDA,
+     ``"torch"`` on CPU; see :func:`convatlas.ops.backends`) against a grouped ``F.conv1d`` (cuDNN on CUDA)
      with the per-head kernel repeated over its channels, and against the memory floor: a copy of x (it reads and
      writes the bytes any lightweight conv must);
    - ``dynamic_conv`` against the unfold implementation (fairseq's ``unfold1d``: pad, unfold to ``[B, C, T, K]``,
@@ -20,6 +22,7 @@ Each ratio is ours / theirs in time, computed in this run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -33,13 +36,23 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from convatlas.models import create_model  # noqa: E402
-from convatlas.ops import dynamic_conv, lightweight_conv  # noqa: E402
-from convatlas.ops.kernels import seqconv as kernels  # noqa: E402
+from convatlas.ops import backends, dynamic_conv, lightweight_conv  # noqa: E402
+
+# seconds of repeated calls per timing (QUICK in a smoke run)
+MIN_TIME, QUICK_MIN_TIME = 0.5, 0.01
+min_time_s = MIN_TIME
 
 
-def timeit(fn, device: torch.device, *, min_time: float = 0.5, warmup: int = 3) -> float:
+def available(op: str, device: torch.device) -> tuple[str, ...]:
+    """Our backends that can run ``op`` on ``device``, ``"auto"``'s pick first."""
+    (report,) = [r for r in backends(device) if r.op == op]
+    return (report.auto, *(b for b in report.available if b != report.auto))
+
+
+def timeit(fn, device: torch.device, *, min_time: float | None = None, warmup: int = 3) -> float:
     """Median seconds per call over repeated calls lasting about ``min_time`` in total."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    min_time = min_time_s if min_time is None else min(min_time, min_time_s)
     for _ in range(warmup):
         fn()
     sync()
@@ -85,11 +98,12 @@ def bench_ops(device: torch.device, dtype: torch.dtype, b: int, c: int, t: int, 
 
         return run
 
-    def add(op, alt, ours_fn, theirs_fn, pass_name):
+    def add(op, backend, alt, ours_fn, theirs_fn, pass_name):
         ours, theirs = timeit(ours_fn, device), timeit(theirs_fn, device)
         rows.append(
             {
                 "op": op,
+                "backend": backend,
                 "vs": alt,
                 "pass": pass_name,
                 "ours_ms": 1e3 * ours,
@@ -98,39 +112,24 @@ def bench_ops(device: torch.device, dtype: torch.dtype, b: int, c: int, t: int, 
             }
         )
 
-    # correctness in this run before timing
-    torch.testing.assert_close(lightweight_conv(x, w_lw, pad), grouped_conv1d(x, w_lw, pad), atol=2e-2, rtol=2e-2)
-    torch.testing.assert_close(dynamic_conv(x, w_dyn, pad), unfold_dynamic(x, w_dyn, pad), atol=2e-2, rtol=2e-2)
-    with torch.no_grad():
-        add(
-            "lightweight",
-            "grouped conv1d",
-            lambda: lightweight_conv(x, w_lw, pad),
-            lambda: grouped_conv1d(x, w_lw, pad),
-            "forward",
-        )
-        add(
-            "lightweight",
-            "copy of x (memory floor)",
-            lambda: lightweight_conv(x, w_lw, pad),
-            lambda: x.clone(),
-            "forward",
-        )
-        add("dynamic", "unfold", lambda: dynamic_conv(x, w_dyn, pad), lambda: unfold_dynamic(x, w_dyn, pad), "forward")
-    add(
-        "lightweight",
-        "grouped conv1d",
-        fwd_bwd(lightweight_conv, x, w_lw, pad),
-        fwd_bwd(grouped_conv1d, x, w_lw, pad),
-        "forward+backward",
-    )
-    add(
-        "dynamic",
-        "unfold",
-        fwd_bwd(dynamic_conv, x, w_dyn, pad),
-        fwd_bwd(unfold_dynamic, x, w_dyn, pad),
-        "forward+backward",
-    )
+    for be in available("lightweight_conv", device):
+        lw = functools.partial(lightweight_conv, backend=be)
+        # correctness in this run before timing
+        torch.testing.assert_close(lw(x, w_lw, pad), grouped_conv1d(x, w_lw, pad), atol=2e-2, rtol=2e-2)
+        with torch.no_grad():
+            ours = functools.partial(lw, x, w_lw, pad)
+            add("lightweight", be, "grouped conv1d", ours, lambda: grouped_conv1d(x, w_lw, pad), "forward")
+            add("lightweight", be, "copy of x (memory floor)", ours, lambda: x.clone(), "forward")
+        add("lightweight", be, "grouped conv1d", fwd_bwd(lw, x, w_lw, pad), fwd_bwd(grouped_conv1d, x, w_lw, pad),
+            "forward+backward")  # fmt: skip
+    for be in available("dynamic_conv", device):
+        dyn = functools.partial(dynamic_conv, backend=be)
+        torch.testing.assert_close(dyn(x, w_dyn, pad), unfold_dynamic(x, w_dyn, pad), atol=2e-2, rtol=2e-2)
+        with torch.no_grad():
+            ours = functools.partial(dyn, x, w_dyn, pad)
+            add("dynamic", be, "unfold", ours, lambda: unfold_dynamic(x, w_dyn, pad), "forward")
+        add("dynamic", be, "unfold", fwd_bwd(dyn, x, w_dyn, pad), fwd_bwd(unfold_dynamic, x, w_dyn, pad),
+            "forward+backward")  # fmt: skip
     return rows
 
 
@@ -192,12 +191,17 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--quick", action="store_true", help="tiny sizes and short timings (a smoke run of every case)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--skip-models", action="store_true")
     p.add_argument("--skip-ops", action="store_true")
     p.add_argument("--plot", default=None, help="write the throughput plot here (PNG)")
     p.add_argument("--json", default=None, help="write all rows here")
     args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    global min_time_s
+    min_time_s = QUICK_MIN_TIME if args.quick else MIN_TIME
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(
@@ -215,14 +219,18 @@ def main(argv: list[str] | None = None) -> int:
         dtype, shape = torch.float32, dict(b=4, c=256, t=256, h=8, k=31)
         lengths, budget = [128, 256, 512, 1024, 2048, 4096, 8192], 8192
         name = f"{platform.processor() or platform.machine()} CPU, threads={torch.get_num_threads()}"
-    kernel = "Triton" if device.type == "cuda" and kernels.available() else "PyTorch path"
-    print(f"device: {name}; torch {torch.__version__}; ops via the {kernel}; dtype {dtype}; shape {shape}")
+    if args.quick:
+        shape, lengths, budget = dict(b=2, c=32, t=64, h=4, k=7), [64, 128], 512
+    print(f"device: {name}; torch {torch.__version__}; dtype {dtype}; shape {shape}")
+    for op in ("lightweight_conv", "dynamic_conv"):
+        print(f"  {op}: backends {', '.join(available(op, device))} (auto first)")
     op_rows = [] if args.skip_ops else bench_ops(device, dtype, **shape)
     if op_rows:
-        print(f"{'op':12} {'pass':17} {'vs':26} {'ours ms':>9} {'theirs ms':>10} {'theirs/ours':>12}")
+        print(f"{'op':12} {'backend':8} {'pass':17} {'vs':26} {'ours ms':>9} {'theirs ms':>10} {'theirs/ours':>12}")
     for r in op_rows:
         print(
-            f"{r['op']:12} {r['pass']:17} {r['vs']:26} {r['ours_ms']:9.3f} {r['theirs_ms']:10.3f} {r['speedup']:12.2f}"
+            f"{r['op']:12} {r['backend']:8} {r['pass']:17} {r['vs']:26} {r['ours_ms']:9.3f} {r['theirs_ms']:10.3f} "
+            f"{r['speedup']:12.2f}"
         )
     model_rows = []
     if not args.skip_models:

@@ -20,15 +20,16 @@ import pytest
 import torch
 
 from convatlas.ops.kernels import seqconv as kernels
-from convatlas.ops.seqconv import _dynamic_torch, _lightweight_torch
+from convatlas.ops.kernels import triton_support
+from convatlas.ops.seqconv import _dynamic_torch, _lightweight_torch, dynamic_conv, lightweight_conv
 from helpers import check_against
 from test_ops_seqconv import loop_dynamic
 
-INTERPRETING = kernels.interpreting()
+INTERPRETING = triton_support.interpreting()
 interpreted = pytest.mark.skipif(not INTERPRETING, reason="runs in the TRITON_INTERPRET=1 child process")
 
 
-@pytest.mark.skipif(not kernels.available(), reason="Triton is not installed")
+@pytest.mark.skipif(not triton_support.installed(), reason="Triton is not installed")
 @pytest.mark.skipif(INTERPRETING, reason="this is the child process")
 def test_kernels_under_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -95,18 +96,33 @@ def test_float32_kernels():
     )
 
 
-@pytest.mark.skipif(not kernels.available() or INTERPRETING, reason="needs Triton, outside the interpreter")
+@pytest.mark.skipif(not triton_support.installed() or INTERPRETING, reason="needs Triton, outside the interpreter")
 def test_cpu_tensors_without_interpreter_are_refused():
     with pytest.raises(ValueError, match="need CUDA tensors"):
         kernels.lightweight_conv_triton(torch.randn(1, 2, 3), torch.randn(1, 3), 1)
+    with pytest.raises(ValueError, match=r"lightweight_conv: backend='triton' cannot run here: .*TRITON_INTERPRET"):
+        lightweight_conv(torch.randn(1, 2, 3), torch.randn(1, 3), backend="triton")
+
+
+@interpreted
+def test_ops_run_the_kernels_only_when_asked():
+    """Under the interpreter, backend="triton" runs the kernels on CPU tensors and "auto" keeps the PyTorch path;
+    reference: the PyTorch path (backend="torch")."""
+    calls = []
+    for name in ("_LightweightConv", "_DynamicConv"):
+        fn = getattr(kernels, name)
+        apply = fn.apply
+        fn.apply = lambda *a, apply=apply: calls.append(1) or apply(*a)
+    x = torch.randn(2, 4, 9, dtype=torch.float64)
+    w_lw, w_dyn = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 2, 3, 9, dtype=torch.float64)
+    for op, w in ((lightweight_conv, w_lw), (dynamic_conv, w_dyn)):
+        ref = op(x, w, backend="torch")
+        torch.testing.assert_close(op(x, w, backend="triton"), ref)
+        torch.testing.assert_close(op(x, w), ref)
+    assert len(calls) == 2
 
 
 @interpreted
 def test_dtype_mismatch_is_refused():
     with pytest.raises(TypeError, match="weight dtype torch.float32 must equal x dtype torch.float64"):
         kernels.dynamic_conv_triton(torch.randn(1, 2, 3, dtype=torch.float64), torch.randn(1, 1, 3, 3), 1)
-
-
-def test_opt_out_variable_disables_the_kernels(monkeypatch):
-    monkeypatch.setenv("CONVATLAS_NO_TRITON", "1")
-    assert not kernels.available()

@@ -145,8 +145,12 @@ def test_decode_clamps_exponent():
 
 
 def test_bad_shapes_and_weights_raise():
-    with pytest.raises(ValueError, match=r"boxes1 must have shape \[N, 4\], got \(3, 5\)"):
+    with pytest.raises(ValueError, match=r"boxes1 must have shape \[\.\.\., 4\], got \(3, 5\)"):
         box_iou(torch.zeros(3, 5), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"boxes2 must have shape \[\.\.\., N, 4\], got \(4,\)"):
+        box_iou(torch.zeros(3, 4), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"fmt must be one of \('xyxy', 'xywh', 'cxcywh'\), got 'xyxyxyxy'"):
+        box_iou(torch.zeros(3, 4), torch.zeros(2, 4), "xyxyxyxy")
     with pytest.raises(TypeError, match="boxes must be a Tensor"):
         box_area([[0, 0, 1, 1]])
     with pytest.raises(ValueError, match="weights must be positive"):

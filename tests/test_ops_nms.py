@@ -1,16 +1,18 @@
 """NMS, batched NMS and soft-NMS against a slow greedy float64 loop and torchvision.ops, on both CPU back ends."""
 
 import math
-import warnings
 
 import pytest
 import torch
 import torchvision
 
 from convatlas.ops import boxes as B
+from convatlas.ops.backend import resolve
 from convatlas.ops.kernels import nms as K
+from convatlas.ops.kernels.native import library
+from test_kernels_native import needs_c
 
-BACKENDS = ["c", "torch"]
+BACKENDS = [pytest.param("c", marks=needs_c), "torch"]
 
 
 def random_boxes(n: int, size: float = 200.0, scale: float = 0.25, dtype=torch.float32, gen=None) -> torch.Tensor:
@@ -66,11 +68,13 @@ def test_nms_equals_greedy_reference_and_torchvision(backend, thr):
         assert torch.equal(K.nms(b32, s32, thr, backend=backend), torchvision.ops.nms(b32, s32, thr))
 
 
+@needs_c
 def test_public_nms_uses_the_c_kernel_when_it_builds():
-    assert K.load_library() is not None, "gcc is available here, so the C kernel must build"
-    assert K.backend_for(torch.device("cpu")) == "c"
+    assert library() is not None, "a C compiler is available here, so the C kernels must build"
+    assert resolve("nms", "auto", "cpu") == "c"
     boxes, scores = clustered_boxes(2000), torch.rand(2000)
-    assert torch.equal(B.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
+    for backend in ("auto", "c", "torch"):  # reference: torchvision.ops.nms
+        assert torch.equal(B.nms(boxes, scores, 0.5, backend=backend), torchvision.ops.nms(boxes, scores, 0.5))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -92,10 +96,9 @@ def test_fp16_boxes_whose_area_overflows_fp16(backend):
     scores = torch.tensor([0.9, 0.8, 0.7], dtype=torch.float16)
     naive_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     assert torch.isinf(naive_area).all()  # computing in fp16 would give IoU = NaN and suppress nothing
-    with torch.no_grad():
-        keep = B.nms(boxes, scores, 0.5) if backend == "c" else K.nms(boxes.float(), scores, 0.5, backend=backend)
+    keep = B.nms(boxes, scores, 0.5, backend=backend)
     assert keep.tolist() == [0, 2] == slow_greedy(boxes, scores, 0.5)
-    assert B.nms(boxes.bfloat16(), scores.bfloat16(), 0.5).tolist() == [0, 2]
+    assert B.nms(boxes.bfloat16(), scores.bfloat16(), 0.5, backend=backend).tolist() == [0, 2]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -142,34 +145,11 @@ def test_batched_nms_equals_per_class_reference_and_torchvision(backend):
     assert torch.equal(keep, torchvision.ops.batched_nms(boxes.float(), scores.float(), idxs, 0.5))
 
 
-def test_fallback_when_the_compiler_is_missing(monkeypatch, tmp_path):
-    monkeypatch.setattr(K._LIBRARY, "_lib", None)
-    monkeypatch.setattr(K._LIBRARY, "_failed", False)
-    monkeypatch.setenv("CONVATLAS_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    with pytest.warns(UserWarning, match="C NMS kernel unavailable"):
-        assert K.load_library() is None
-    assert K.backend_for(torch.device("cpu")) == "torch"
-    boxes, scores = clustered_boxes(500), torch.rand(500)
-    assert torch.equal(B.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
-
-
-def test_kernel_builds_into_a_fresh_cache(monkeypatch, tmp_path):
-    monkeypatch.setattr(K._LIBRARY, "_lib", None)
-    monkeypatch.setattr(K._LIBRARY, "_failed", False)
-    monkeypatch.setenv("CONVATLAS_CACHE_DIR", str(tmp_path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert K.load_library() is not None
-    assert len(list((tmp_path / "kernels").glob("convatlas_nms_*.so"))) == 1
-
-
-def test_forced_backend_and_bad_backend(monkeypatch):
-    monkeypatch.setenv("CONVATLAS_NMS_BACKEND", "torch")
-    assert K.backend_for(torch.device("cpu")) == "torch"
-    monkeypatch.setenv("CONVATLAS_NMS_BACKEND", "gpu")
-    with pytest.raises(ValueError, match="CONVATLAS_NMS_BACKEND must be"):
-        B.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
+def test_unknown_or_unavailable_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"nms: backend must be one of \('auto', 'c', 'torch'\), got 'gpu'"):
+        B.nms(torch.zeros(1, 4), torch.zeros(1), 0.5, backend="gpu")
+    with pytest.raises(ValueError, match="soft_nms: backend must be one of"):
+        B.soft_nms(torch.zeros(1, 4), torch.zeros(1), backend="triton")
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -213,11 +193,12 @@ def slow_soft_nms(boxes, scores, method, sigma, thr, score_thr):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", ["linear", "gaussian"])
-def test_soft_nms_equals_reference(method, backend, monkeypatch):
-    monkeypatch.setenv("CONVATLAS_NMS_BACKEND", backend)  # C kernel, or the PyTorch loop
+def test_soft_nms_equals_reference(method, backend):
     boxes = clustered_boxes(80, objects=4, dtype=torch.float64)
     scores = torch.rand(80, dtype=torch.float64)
-    keep, new_scores = B.soft_nms(boxes, scores, method=method, sigma=0.5, iou_threshold=0.3, score_threshold=0.05)
+    keep, new_scores = B.soft_nms(
+        boxes, scores, method=method, sigma=0.5, iou_threshold=0.3, score_threshold=0.05, backend=backend
+    )
     ref_keep, ref_scores = slow_soft_nms(boxes, scores, method, 0.5, 0.3, 0.05)
     assert keep.tolist() == ref_keep
     torch.testing.assert_close(new_scores, torch.tensor(ref_scores, dtype=torch.float64))
@@ -230,14 +211,20 @@ def test_cuda_nms_equals_cpu():
     idxs = torch.randint(0, 3, (5000,))
     expected = B.nms(boxes, scores, 0.5)
     expected_batched = B.batched_nms(boxes, scores, idxs, 0.5)
-    for backend in BACKENDS:  # the C kernel on the host (default) and blocked PyTorch on the device
-        keep = K.nms(boxes.cuda(), scores.cuda(), 0.5, backend=backend)
+    for backend in ("c", "torch"):  # the C kernel on the host (default) and blocked PyTorch on the device
+        keep = B.nms(boxes.cuda(), scores.cuda(), 0.5, backend=backend)
         assert keep.is_cuda and torch.equal(keep.cpu(), expected)
-        got = K.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5, backend=backend).cpu()
+        got = B.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5, backend=backend).cpu()
         assert torch.equal(got, expected_batched)
+        soft = B.soft_nms(boxes[:300].cuda(), scores[:300].cuda(), backend=backend)
+        assert all(t.is_cuda for t in soft)
+        ref = B.soft_nms(boxes[:300], scores[:300], backend="c")
+        assert soft[0].cpu().tolist() == ref[0].tolist()
+        torch.testing.assert_close(soft[1].cpu(), ref[1])
     assert B.nms(boxes.cuda(), scores.cuda(), 0.5).is_cuda
 
 
+@needs_c
 def test_c_radix_argsort_equals_stable_torch_sort():
     cases = [
         torch.rand(3000),
@@ -250,13 +237,12 @@ def test_c_radix_argsort_equals_stable_torch_sort():
         assert torch.equal(K._order(scores, "c"), torch.sort(scores, descending=True, stable=True).indices)
 
 
-def test_soft_nms_c_and_pytorch_paths_agree_in_float32(monkeypatch):
+@needs_c
+def test_soft_nms_c_and_pytorch_paths_agree_in_float32():
     boxes, scores = clustered_boxes(400, objects=8), torch.rand(400)
     for method in ("linear", "gaussian"):
-        keep_c, scores_c = B.soft_nms(boxes, scores, method=method, score_threshold=0.01)
-        monkeypatch.setenv("CONVATLAS_NMS_BACKEND", "torch")
-        keep_t, scores_t = B.soft_nms(boxes, scores, method=method, score_threshold=0.01)
-        monkeypatch.delenv("CONVATLAS_NMS_BACKEND")
+        keep_c, scores_c = B.soft_nms(boxes, scores, method=method, score_threshold=0.01, backend="c")
+        keep_t, scores_t = B.soft_nms(boxes, scores, method=method, score_threshold=0.01, backend="torch")
         assert scores_c.dtype == scores_t.dtype == torch.float32
         assert keep_c.tolist() == keep_t.tolist()
         torch.testing.assert_close(scores_c, scores_t)

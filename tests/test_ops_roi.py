@@ -11,19 +11,18 @@ import torch
 import torchvision
 
 from convatlas.nn import MultiScaleRoIAlign, RoIAlign, RoIPool
-from convatlas.ops.kernels import roi_align_triton
-from convatlas.ops.kernels import roi_pool as roi_pool_kernel
+from convatlas.ops.backend import resolve
+from convatlas.ops.kernels import triton_support
 from convatlas.ops.roi import assign_levels, boxes_to_rois, multi_scale_roi_align, roi_align, roi_pool
 from helpers import check_against
+from test_kernels_native import needs_c
 
 
-@pytest.fixture(params=["c", "torch"])
-def pool_backend(request, monkeypatch):
+@pytest.fixture(params=[pytest.param("c", marks=needs_c), "torch"])
+def pool_backend(request):
     """Run a RoI pool test on the C kernel and on the vectorised PyTorch path."""
-    if request.param == "torch":
-        monkeypatch.setenv("CONVATLAS_ROI_POOL_BACKEND", "torch")
-    else:
-        assert roi_pool_kernel.available(torch.device("cpu")), "gcc is available here, so the kernel must build"
+    if request.param == "c":
+        assert resolve("roi_pool", "auto", "cpu") == "c", "a C compiler is available here, so the kernels must build"
     return request.param
 
 
@@ -156,7 +155,7 @@ def test_roi_align_and_pool_dtypes_and_layouts(dtype, layout, pool_backend):
     ours = roi_align(x, rois, (3, 3), 1.0, -1, True)
     assert ours.dtype == dtype
     torch.testing.assert_close(ours.double(), ref_align, atol=tol * 4, rtol=tol)
-    pooled = roi_pool(x, rois, (3, 3), 1.0)
+    pooled = roi_pool(x, rois, (3, 3), 1.0, backend=pool_backend)
     assert pooled.dtype == dtype
     torch.testing.assert_close(pooled.double(), ref_pool, atol=tol, rtol=tol)
 
@@ -166,17 +165,19 @@ def test_roi_pool_matches_torchvision_and_slow_loop(pool_backend):
     rois = random_rois(15, 2, 48.0)
     for scale in (0.25, 0.3):
         check_against(
-            lambda inp, s=scale: roi_pool(inp, rois, (4, 3), s),
+            lambda inp, s=scale: roi_pool(inp, rois, (4, 3), s, backend=pool_backend),
             lambda inp, s=scale: torchvision.ops.roi_pool(inp, rois, (4, 3), s),
             [x],
         )  # reference: torchvision.ops.roi_pool (forward and the argmax gradient)
-        torch.testing.assert_close(roi_pool(x, rois, (4, 3), scale), slow_roi_pool(x.detach(), rois, (4, 3), scale))
+        torch.testing.assert_close(
+            roi_pool(x, rois, (4, 3), scale, backend=pool_backend), slow_roi_pool(x.detach(), rois, (4, 3), scale)
+        )
 
 
 def test_roi_pool_rounds_halves_away_from_zero(pool_backend):
     x = torch.arange(36, dtype=torch.float64).view(1, 1, 6, 6)
     rois = torch.tensor([[0, 0.5, 0.5, 2.5, 2.5]], dtype=torch.float64)  # rounds to cells 1..3 (torch.round: 0..2)
-    ours = roi_pool(x, rois, 1, 1.0)
+    ours = roi_pool(x, rois, 1, 1.0, backend=pool_backend)
     assert ours.item() == torchvision.ops.roi_pool(x, rois, 1, 1.0).item() == x[0, 0, 3, 3].item()
 
 
@@ -185,8 +186,8 @@ def test_gradcheck_roi_align_and_roi_pool(pool_backend):
     rois = torch.tensor([[0, 0.3, 0.7, 4.1, 3.9], [0, 1.2, -0.5, 5.5, 4.4]], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda inp: roi_align(inp, rois, (2, 2), 1.0, 2, True), (x,))
     assert torch.autograd.gradcheck(lambda inp: roi_align(inp, rois, (3, 2), 0.8, -1, False), (x,))
-    assert torch.autograd.gradcheck(lambda inp: roi_pool(inp, rois, (2, 3), 1.0), (x,))
-    assert torch.autograd.gradgradcheck(lambda inp: roi_pool(inp, rois, (2, 3), 1.0), (x,))
+    assert torch.autograd.gradcheck(lambda inp: roi_pool(inp, rois, (2, 3), 1.0, backend=pool_backend), (x,))
+    assert torch.autograd.gradgradcheck(lambda inp: roi_pool(inp, rois, (2, 3), 1.0, backend=pool_backend), (x,))
 
 
 def test_list_of_boxes_equals_tensor_form():
@@ -249,7 +250,9 @@ def test_roi_pool_ties_send_the_gradient_to_the_first_maximum(pool_backend):
     x.data[0, 1] = 1.0  # a constant channel: every bin is one big tie
     rois = random_rois(10, 1, 9.0)
     check_against(
-        lambda inp: roi_pool(inp, rois, (3, 2), 1.0), lambda inp: torchvision.ops.roi_pool(inp, rois, (3, 2), 1.0), [x]
+        lambda inp: roi_pool(inp, rois, (3, 2), 1.0, backend=pool_backend),
+        lambda inp: torchvision.ops.roi_pool(inp, rois, (3, 2), 1.0),
+        [x],
     )  # reference: torchvision (argmax = first strict maximum in row-major order)
 
 
@@ -306,10 +309,10 @@ _TRITON_CHECK = """
 import sys, torch, torchvision
 sys.path.insert(0, "tests")
 from helpers import check_against
-from convatlas.ops.kernels import roi_align_triton as kernels
+from convatlas.ops.kernels import roi_align_triton as kernels, triton_support
 from convatlas.ops.roi import roi_align
 
-assert kernels.available(torch.device("cpu")), "the interpreter must route CPU tensors to the Triton kernels"
+assert triton_support.interpreting()
 calls = []
 apply = kernels._RoIAlignTriton.apply
 kernels._RoIAlignTriton.apply = lambda *args: (calls.append(1), apply(*args))[1]
@@ -319,20 +322,23 @@ for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
     xy = torch.rand(6, 2, generator=gen, dtype=dtype) * 44 - 4
     wh = torch.rand(6, 2, generator=gen, dtype=dtype) * 25
     rois = torch.cat([torch.randint(0, 2, (6, 1), generator=gen).to(dtype), xy, xy + wh], dim=1)
+    rois[0] = torch.tensor([1, -300.0, 2.0, 900.0, 30.0])  # most of its samples lie off the map: windows skip them
     for ratio, aligned, scale in ((-1, False, 0.25), (2, True, 0.3), (0, True, 0.2)):
         check_against(
-            lambda inp: roi_align(inp, rois, (2, 3), scale, ratio, aligned),
+            lambda inp: roi_align(inp, rois, (2, 3), scale, ratio, aligned, backend="triton"),
             lambda inp: torchvision.ops.roi_align(inp, rois, (2, 3), scale, ratio, aligned),
             [x], atol=atol, rtol=atol,
         )
 assert len(calls) == 6, calls  # every case went through the kernels
+roi_align(x, rois, (2, 3), 0.25)  # "auto" on CPU: the PyTorch path, even under the interpreter
+assert len(calls) == 6, calls
 print("triton roi_align ok")
 """
 
 
 def test_triton_roi_align_under_interpreter_matches_torchvision():
     # Triton reads TRITON_INTERPRET when it is imported, so the kernels run in a fresh process; reference: torchvision
-    if roi_align_triton.triton is None:
+    if not triton_support.installed():
         pytest.skip("Triton is not installed")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     root = Path(__file__).parent.parent

@@ -1,4 +1,9 @@
-"""Thin modules over :mod:`convatlas.ops.roi`: they hold hyperparameters and call the operator."""
+"""Thin modules over :mod:`convatlas.ops.roi`: they hold hyperparameters and call the operator.
+
+Each ``forward`` is one call of a ``torch.fx`` leaf function, so ``torch.fx.symbolic_trace`` and
+``torchvision.models.feature_extraction.create_feature_extractor`` record these modules as single nodes, as they do
+torchvision's own ``RoIAlign``, ``RoIPool`` and ``MultiScaleRoIAlign``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor, nn
 
 from convatlas.ops.roi import infer_scale, multi_scale_roi_align, roi_align, roi_pool
+from convatlas.ops.tracing import fx_leaf
 
 __all__ = ["MultiScaleRoIAlign", "RoIAlign", "RoIPool"]
 
@@ -20,16 +26,21 @@ class RoIAlign(nn.Module):
         spatial_scale: float = 1.0,
         sampling_ratio: int = -1,
         aligned: bool = False,
+        *,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         self.output_size = output_size
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
+        self.backend = backend
 
     def forward(self, input: Tensor, boxes: Tensor | Sequence[Tensor]) -> Tensor:
         """input (Tensor[N, C, H, W]), boxes (Tensor[K, 5] or list of Tensor[L, 4]) -> Tensor[K, C, PH, PW]."""
-        return roi_align(input, boxes, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+        return roi_align(
+            input, boxes, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, backend=self.backend
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -41,17 +52,53 @@ class RoIAlign(nn.Module):
 class RoIPool(nn.Module):
     """See :func:`convatlas.ops.roi.roi_pool`."""
 
-    def __init__(self, output_size: int | Sequence[int], spatial_scale: float = 1.0) -> None:
+    def __init__(self, output_size: int | Sequence[int], spatial_scale: float = 1.0, *, backend: str = "auto") -> None:
         super().__init__()
         self.output_size = output_size
         self.spatial_scale = spatial_scale
+        self.backend = backend
 
     def forward(self, input: Tensor, boxes: Tensor | Sequence[Tensor]) -> Tensor:
         """input (Tensor[N, C, H, W]), boxes (Tensor[K, 5] or list of Tensor[L, 4]) -> Tensor[K, C, PH, PW]."""
-        return roi_pool(input, boxes, self.output_size, self.spatial_scale)
+        return roi_pool(input, boxes, self.output_size, self.spatial_scale, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+
+
+@fx_leaf
+def _pool_named_levels(
+    x: Mapping[str, Tensor],
+    boxes: Sequence[Tensor],
+    image_shapes: Sequence[tuple[int, int]],
+    featmap_names: Sequence[str],
+    output_size: int | Sequence[int],
+    sampling_ratio: int,
+    canonical_scale: float,
+    canonical_level: int,
+    aligned: bool,
+    backend: str,
+) -> Tensor:
+    """:class:`MultiScaleRoIAlign`'s work in one traceable call: pick the named maps, infer their scales, pool."""
+    missing = [name for name in featmap_names if name not in x]
+    if missing:
+        raise ValueError(f"MultiScaleRoIAlign: feature maps {missing} not among the inputs {list(x)}")
+    if not image_shapes:
+        raise ValueError("MultiScaleRoIAlign: image_shapes must list at least one (height, width)")
+    features = [x[name] for name in featmap_names]
+    largest = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+    scales = [infer_scale(f.shape[-2:], largest) for f in features]
+    return multi_scale_roi_align(
+        features,
+        boxes,
+        output_size,
+        scales=scales,
+        sampling_ratio=sampling_ratio,
+        canonical_scale=canonical_scale,
+        canonical_level=canonical_level,
+        aligned=aligned,
+        backend=backend,
+    )
 
 
 class MultiScaleRoIAlign(nn.Module):
@@ -67,6 +114,7 @@ class MultiScaleRoIAlign(nn.Module):
         canonical_scale: FPN's ``s0`` (224).
         canonical_level: FPN's ``k0`` (4).
         aligned: as in :func:`convatlas.ops.roi.roi_align`.
+        backend: as in :func:`convatlas.ops.roi.roi_align`.
     """
 
     def __init__(
@@ -78,6 +126,7 @@ class MultiScaleRoIAlign(nn.Module):
         canonical_scale: float = 224,
         canonical_level: int = 4,
         aligned: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         self.featmap_names = list(featmap_names)
@@ -86,6 +135,7 @@ class MultiScaleRoIAlign(nn.Module):
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
         self.aligned = aligned
+        self.backend = backend
 
     def forward(
         self, x: Mapping[str, Tensor], boxes: Sequence[Tensor], image_shapes: Sequence[tuple[int, int]]
@@ -100,23 +150,17 @@ class MultiScaleRoIAlign(nn.Module):
         Returns:
             Tensor[K, C, PH, PW]: pooled features in the order of the concatenated boxes.
         """
-        missing = [name for name in self.featmap_names if name not in x]
-        if missing:
-            raise ValueError(f"MultiScaleRoIAlign: feature maps {missing} not among the inputs {list(x)}")
-        if not image_shapes:
-            raise ValueError("MultiScaleRoIAlign: image_shapes must list at least one (height, width)")
-        features = [x[name] for name in self.featmap_names]
-        largest = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
-        scales = [infer_scale(f.shape[-2:], largest) for f in features]
-        return multi_scale_roi_align(
-            features,
+        return _pool_named_levels(
+            x,
             boxes,
+            image_shapes,
+            self.featmap_names,
             self.output_size,
-            scales=scales,
-            sampling_ratio=self.sampling_ratio,
-            canonical_scale=self.canonical_scale,
-            canonical_level=self.canonical_level,
-            aligned=self.aligned,
+            self.sampling_ratio,
+            self.canonical_scale,
+            self.canonical_level,
+            self.aligned,
+            self.backend,
         )
 
     def extra_repr(self) -> str:

@@ -1,5 +1,10 @@
-"""Operators: pure functions over tensors, no state (modules in ``convatlas.nn`` only hold hyperparameters)."""
+"""Operators: pure functions over tensors, no state (modules in ``convatlas.nn`` only hold hyperparameters).
 
+Operators with several implementations take ``backend="auto" | "c" | "torch" | "triton"``; :func:`backends` reports
+what this machine can run and what ``"auto"`` picks, and why.
+"""
+
+from convatlas.ops.backend import BackendReport, backends  # noqa: F401
 from convatlas.ops.boxes import (  # noqa: E402, F401
     batched_nms,
     box_area,

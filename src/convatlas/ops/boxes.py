@@ -4,7 +4,10 @@ Boxes are ``(x1, y1, x2, y2)`` in absolute pixels with ``x1 < x2`` and ``y1 < y2
 Argument order and semantics follow ``torchvision.ops`` so the two can be swapped.
 
 Precision: integer boxes are upcast to int64 before products (areas cannot overflow); float16/bfloat16 boxes are
-computed in float32 (an fp16 box of 400 x 400 pixels already overflows fp16's 65504 as an area).
+computed in float32 (an fp16 box of 400 x 400 pixels already overflows fp16's 65504 as an area), also under
+``torch.autocast``, which changes none of these results. Every operator here is a ``torch.fx`` leaf
+(:func:`convatlas.ops.tracing.fx_leaf`). ``nms``, ``batched_nms`` and ``soft_nms`` take
+``backend="auto" | "c" | "torch"`` (:mod:`convatlas.ops.backend`).
 
 Box coding (R-CNN, Girshick et al. 2014, appendix C) with proposal ``p`` and ground truth ``g`` given as centre,
 width and height, and weights ``(w_x, w_y, w_w, w_h)``::
@@ -16,12 +19,15 @@ width and height, and weights ``(w_x, w_y, w_w, w_h)``::
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from convatlas.ops.backend import resolve
 from convatlas.ops.kernels import nms as _nms_kernels
+from convatlas.ops.tracing import fx_leaf
 
 __all__ = [
     "batched_nms",
@@ -63,26 +69,37 @@ def _float(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-def box_area(boxes: Tensor) -> Tensor:
+def _check_fmt(fmt: str, name: str = "fmt") -> None:
+    if fmt not in BOX_FORMATS:
+        raise ValueError(f"{name} must be one of {BOX_FORMATS}, got {fmt!r}")
+
+
+@fx_leaf
+def box_area(boxes: Tensor, fmt: str = "xyxy") -> Tensor:
     """Area of each box.
 
     Args:
-        boxes (Tensor[N, 4]): (x1, y1, x2, y2), 0 <= x1 < x2, 0 <= y1 < y2.
+        boxes (Tensor[..., 4]): (x1, y1, x2, y2), 0 <= x1 < x2, 0 <= y1 < y2, or ``fmt``.
+        fmt: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"`` (see :func:`box_convert`).
 
     Returns:
-        Tensor[N]: ``(x2 - x1) * (y2 - y1)``; int64 for integer boxes, float32 for float16/bfloat16 boxes.
+        Tensor[...]: ``(x2 - x1) * (y2 - y1)`` (``w * h``); int64 for integer boxes, float32 for float16/bfloat16.
     """
-    _check_boxes(boxes)
+    _check_boxes(boxes, batched=True)
+    _check_fmt(fmt)
     boxes = _upcast(boxes)
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    if fmt == "xyxy":
+        return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return boxes[..., 2] * boxes[..., 3]
 
 
 def _iou_block(boxes1: Tensor, area1: Tensor, boxes2: Tensor, area2: Tensor) -> Tensor:
-    lt = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])  # (n, m, 2)
-    rb = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (n, m, 2)
-    wh = (rb - lt).clamp_(min=0)
+    """IoU of xyxy ``boxes1 [..., n, 4]`` with ``boxes2 [..., m, 4]`` (leading dimensions broadcast)."""
+    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])  # (..., n, m, 2)
+    rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])  # (..., n, m, 2)
+    wh = _upcast(rb - lt).clamp_(min=0)
     inter = wh[..., 0] * wh[..., 1]
-    union = area1[:, None] + area2[None, :] - inter
+    union = area1[..., :, None] + area2[..., None, :] - inter
     return inter / union
 
 
@@ -90,7 +107,24 @@ def _chunk_rows(m: int, chunk_elems: int) -> int:
     return max(1, chunk_elems // max(m, 1))
 
 
-def box_iou(boxes1: Tensor, boxes2: Tensor, *, chunk_elems: int = 1 << 22) -> Tensor:
+def _iou_inputs(boxes1: Tensor, boxes2: Tensor, fmt: str) -> tuple[Tensor, Tensor, Tensor, Tensor, torch.dtype]:
+    """Both sets upcast, as xyxy, with their areas (from ``fmt``, as torchvision computes them) and the IoU dtype."""
+    _check_boxes(boxes1, "boxes1", batched=True)
+    _check_boxes(boxes2, "boxes2", batched=True)
+    for name, b in (("boxes1", boxes1), ("boxes2", boxes2)):
+        if b.dim() < 2:
+            raise ValueError(f"{name} must have shape [..., N, 4], got {tuple(b.shape)}")
+    _check_fmt(fmt)
+    b1, b2 = _upcast(boxes1), _upcast(boxes2)
+    area1, area2 = box_area(b1, fmt), box_area(b2, fmt)
+    if fmt != "xyxy":
+        b1, b2 = _upcast(box_convert(b1, fmt, "xyxy")), _upcast(box_convert(b2, fmt, "xyxy"))
+    dtype = torch.float64 if torch.float64 in (b1.dtype, b2.dtype) else torch.get_default_dtype()
+    return b1, area1, b2, area2, dtype
+
+
+@fx_leaf
+def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", *, chunk_elems: int = 1 << 22) -> Tensor:
     """Intersection over union of every pair of boxes.
 
     The full matrix is returned, as torchvision does, but it is built in row chunks so the temporary tensors never
@@ -99,27 +133,26 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, chunk_elems: int = 1 << 22) -> Te
     anchors to ground truth, NMS), use :func:`box_iou_max` or :func:`nms`, whose memory stays bounded.
 
     Args:
-        boxes1 (Tensor[N, 4]): (x1, y1, x2, y2), 0 <= x1 < x2, 0 <= y1 < y2.
-        boxes2 (Tensor[M, 4]): same format.
+        boxes1 (Tensor[..., N, 4]): (x1, y1, x2, y2), 0 <= x1 < x2, 0 <= y1 < y2, or ``fmt``.
+        boxes2 (Tensor[..., M, 4]): same format; leading dimensions broadcast with those of ``boxes1``.
+        fmt: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"`` (see :func:`box_convert`).
         chunk_elems: pairs per temporary block.
 
     Returns:
-        Tensor[N, M]: IoU in float32 (float64 for float64 boxes); NaN where both boxes have zero area.
+        Tensor[..., N, M]: IoU in float32 (float64 for float64 boxes); NaN where both boxes have zero area.
     """
-    _check_boxes(boxes1, "boxes1")
-    _check_boxes(boxes2, "boxes2")
-    b1, b2 = _upcast(boxes1), _upcast(boxes2)
-    area1, area2 = box_area(b1), box_area(b2)
-    n, m = len(b1), len(b2)
-    dtype = torch.float64 if torch.float64 in (b1.dtype, b2.dtype) else torch.get_default_dtype()
-    out = torch.empty((n, m), dtype=dtype, device=boxes1.device)
-    rows = _chunk_rows(m, chunk_elems)
+    b1, area1, b2, area2, dtype = _iou_inputs(boxes1, boxes2, fmt)
+    n, m = b1.shape[-2], b2.shape[-2]
+    lead = torch.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])
+    out = torch.empty((*lead, n, m), dtype=dtype, device=boxes1.device)
+    rows = _chunk_rows(m * math.prod(lead), chunk_elems)
     for start in range(0, n, rows):
         stop = min(start + rows, n)
-        out[start:stop] = _iou_block(b1[start:stop], area1[start:stop], b2, area2)
+        out[..., start:stop, :] = _iou_block(b1[..., start:stop, :], area1[..., start:stop], b2, area2)
     return out
 
 
+@fx_leaf
 def box_iou_max(boxes1: Tensor, boxes2: Tensor, *, chunk_elems: int = 1 << 22) -> tuple[Tensor, Tensor]:
     """For each box of ``boxes1``, its best IoU over ``boxes2`` and where it was found, in bounded memory.
 
@@ -138,8 +171,7 @@ def box_iou_max(boxes1: Tensor, boxes2: Tensor, *, chunk_elems: int = 1 << 22) -
     _check_boxes(boxes2, "boxes2")
     if len(boxes2) == 0:
         raise ValueError(f"boxes2 must hold at least one box to take a maximum over, got shape {tuple(boxes2.shape)}")
-    b1, b2 = _upcast(boxes1), _upcast(boxes2)
-    area1, area2 = box_area(b1), box_area(b2)
+    b1, area1, b2, area2, dtype = _iou_inputs(boxes1, boxes2, "xyxy")
     values, indices = [], []
     rows = _chunk_rows(len(b2), chunk_elems)
     for start in range(0, len(b1), rows):
@@ -148,13 +180,16 @@ def box_iou_max(boxes1: Tensor, boxes2: Tensor, *, chunk_elems: int = 1 << 22) -
         values.append(v)
         indices.append(i)
     if not values:
-        dtype = torch.float64 if torch.float64 in (b1.dtype, b2.dtype) else torch.get_default_dtype()
         return boxes1.new_zeros(0, dtype=dtype), boxes1.new_zeros(0, dtype=torch.int64)
     return torch.cat(values), torch.cat(indices)
 
 
+@fx_leaf
 def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     """Convert boxes between ``"xyxy"`` (corners), ``"xywh"`` (corner, size) and ``"cxcywh"`` (centre, size).
+
+    The arithmetic is torchvision's, so is the dtype: integer boxes stay integer unless a centre is involved
+    (``cx = (x1 + x2) / 2``, ``x1 = cx - 0.5 w``), which gives float32 (the default dtype) instead of truncating.
 
     Args:
         boxes (Tensor[..., 4]): boxes in ``in_fmt``.
@@ -162,30 +197,28 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
         out_fmt: one of the same.
 
     Returns:
-        Tensor[..., 4]: boxes in ``out_fmt``, same dtype.
+        Tensor[..., 4]: boxes in ``out_fmt``; the input's dtype, or float32 for integer boxes to or from ``"cxcywh"``.
     """
     _check_boxes(boxes, batched=True)
-    for name, fmt in (("in_fmt", in_fmt), ("out_fmt", out_fmt)):
-        if fmt not in BOX_FORMATS:
-            raise ValueError(f"{name} must be one of {BOX_FORMATS}, got {fmt!r}")
+    _check_fmt(in_fmt, "in_fmt")
+    _check_fmt(out_fmt, "out_fmt")
     if in_fmt == out_fmt:
         return boxes.clone()
-    a, b, c, d = boxes.unbind(-1)
     if in_fmt == "xywh":
-        x1, y1, x2, y2 = a, b, a + c, b + d
+        x, y, w, h = boxes.unbind(-1)
+        boxes = torch.stack((x, y, x + w, y + h), dim=-1)
     elif in_fmt == "cxcywh":
-        x1, y1, x2, y2 = a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d
-    else:
-        x1, y1, x2, y2 = a, b, c, d
+        cx, cy, w, h = boxes.unbind(-1)
+        boxes = torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
     if out_fmt == "xyxy":
-        out = (x1, y1, x2, y2)
-    elif out_fmt == "xywh":
-        out = (x1, y1, x2 - x1, y2 - y1)
-    else:
-        out = ((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)
-    return torch.stack(out, dim=-1).to(boxes.dtype)
+        return boxes
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    if out_fmt == "xywh":
+        return torch.stack((x1, y1, x2 - x1, y2 - y1), dim=-1)
+    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
 
 
+@fx_leaf
 def clip_boxes(boxes: Tensor, size: Sequence[int]) -> Tensor:
     """Clip boxes to an image of ``size = (height, width)``: x to ``[0, width]``, y to ``[0, height]``.
 
@@ -207,6 +240,7 @@ def clip_boxes(boxes: Tensor, size: Sequence[int]) -> Tensor:
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
 
 
+@fx_leaf
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     """Indices of the boxes whose width and height are both at least ``min_size``.
 
@@ -238,6 +272,7 @@ def _centre_size(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
 
 
+@fx_leaf
 def encode_boxes(boxes: Tensor, proposals: Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> Tensor:
     """R-CNN regression targets that turn ``proposals`` into ``boxes``.
 
@@ -262,6 +297,7 @@ def encode_boxes(boxes: Tensor, proposals: Tensor, weights: Sequence[float] = (1
     )
 
 
+@fx_leaf
 def decode_boxes(
     deltas: Tensor,
     proposals: Tensor,
@@ -305,45 +341,53 @@ def _check_nms_inputs(boxes: Tensor, scores: Tensor, iou_threshold: float) -> No
         raise TypeError(f"boxes must be floating point for NMS, got {boxes.dtype}")
     if scores.device != boxes.device:
         raise ValueError(f"scores are on {scores.device} but boxes on {boxes.device}")
-    if not isinstance(iou_threshold, int | float):
+    if not isinstance(iou_threshold, numbers.Real):
         raise TypeError(f"iou_threshold must be a number, got {type(iou_threshold).__name__}")
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+@fx_leaf
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, backend: str = "auto") -> Tensor:
     """Greedy non-maximum suppression.
 
     Visit boxes by decreasing score (ties: lower index first); keep a box unless its IoU with an already kept box is
-    strictly greater than ``iou_threshold``. The result equals that definition exactly. A compiled C kernel with a
-    uniform-grid index compares each box only with kept boxes that overlap it (a blocked PyTorch path runs when no C
-    compiler is available, or with ``CONVATLAS_NMS_BACKEND=torch``). CUDA inputs are copied to the host for the C
-    kernel (one synchronisation) and the indices come back on the input's device.
+    strictly greater than ``iou_threshold``. The result equals that definition exactly, on every backend: ``"c"``, a
+    C kernel with a uniform-grid index that compares each box only with kept boxes that overlap it (CUDA inputs are
+    copied to the host and the indices back, one synchronisation), or ``"torch"``, a blocked PyTorch path on the
+    inputs' device. ``"auto"`` takes ``"c"`` when the C kernels load (:func:`convatlas.ops.backends` says why).
 
     Args:
         boxes (Tensor[N, 4]): (x1, y1, x2, y2), 0 <= x1 < x2, 0 <= y1 < y2; float16/bfloat16 computed in float32.
-        scores (Tensor[N]): one score per box.
+        scores (Tensor[N]): one score per box, any real dtype (int64 scores are ordered exactly).
         iou_threshold: suppress when IoU > this.
+        backend: ``"auto"``, ``"c"`` or ``"torch"``.
 
     Returns:
         Tensor[K]: int64 indices of the kept boxes, sorted by decreasing score.
     """
     _check_nms_inputs(boxes, scores, iou_threshold)
-    return _nms_kernels.nms(_float(boxes), scores, float(iou_threshold))
+    which = resolve("nms", backend, boxes.device)
+    return _nms_kernels.nms(_float(boxes), scores, float(iou_threshold), which)
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+@fx_leaf
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, *, backend: str = "auto") -> Tensor:
     """Non-maximum suppression run independently per category: boxes with different ``idxs`` never suppress each other.
 
-    Exact per category (no coordinate-offset trick, so no rounding of shifted coordinates).
+    Exact per category (no coordinate-offset trick, so no rounding of shifted coordinates). As in torchvision, an
+    empty ``boxes`` gives an empty result whatever the other arguments are.
 
     Args:
         boxes (Tensor[N, 4]): (x1, y1, x2, y2), 0 <= x1 < x2, 0 <= y1 < y2.
         scores (Tensor[N]): one score per box.
         idxs (Tensor[N]): integer category of each box.
         iou_threshold: suppress when IoU > this.
+        backend: ``"auto"``, ``"c"`` or ``"torch"``, as in :func:`nms`.
 
     Returns:
         Tensor[K]: int64 indices of the kept boxes, sorted by decreasing score (ties: lower index first).
     """
+    if isinstance(boxes, Tensor) and boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     _check_nms_inputs(boxes, scores, iou_threshold)
     if not isinstance(idxs, Tensor):
         raise TypeError(f"idxs must be a Tensor, got {type(idxs).__name__}")
@@ -351,9 +395,11 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         raise ValueError(f"idxs must have shape [N] with N = {len(boxes)}, got {tuple(idxs.shape)}")
     if idxs.is_floating_point() or idxs.is_complex():
         raise TypeError(f"idxs must be an integer tensor, got {idxs.dtype}")
-    return _nms_kernels.batched_nms(_float(boxes), scores, idxs.long(), float(iou_threshold))
+    which = resolve("batched_nms", backend, boxes.device)
+    return _nms_kernels.batched_nms(_float(boxes), scores, idxs.long(), float(iou_threshold), which)
 
 
+@fx_leaf
 def soft_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -362,12 +408,15 @@ def soft_nms(
     sigma: float = 0.5,
     iou_threshold: float = 0.3,
     score_threshold: float = 0.001,
+    backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Soft-NMS (Bodla et al. 2017): decay the scores of overlapping boxes instead of removing them.
 
     Repeatedly take the remaining box ``M`` with the highest score (ties: lower index) and rescale every other
     remaining box ``b_i``: ``"linear"``: ``s_i *= 1 - IoU(M, b_i)`` when ``IoU > iou_threshold``; ``"gaussian"``:
-    ``s_i *= exp(-IoU(M, b_i)^2 / sigma)``. Boxes whose score falls below ``score_threshold`` are dropped.
+    ``s_i *= exp(-IoU(M, b_i)^2 / sigma)``. Boxes whose score falls below ``score_threshold`` are dropped, and so are
+    boxes with a NaN score. A NaN IoU (a box with a NaN coordinate, or two empty boxes) counts as no overlap, as in
+    :func:`nms`: a NaN box decays nothing and is not decayed.
 
     Args:
         boxes (Tensor[N, 4]): (x1, y1, x2, y2), 0 <= x1 < x2, 0 <= y1 < y2.
@@ -376,45 +425,26 @@ def soft_nms(
         sigma: Gaussian width (``"gaussian"`` only), > 0.
         iou_threshold: overlap above which ``"linear"`` decays.
         score_threshold: drop boxes whose (decayed) score is below this.
+        backend: ``"auto"``, ``"c"`` (an ``O(N^2)`` C loop on the host) or ``"torch"`` (the same loop in PyTorch).
 
     Returns:
         (Tensor[K], Tensor[K]): int64 indices of the kept boxes in selection order and their decayed scores
-        (float64 when boxes or scores are float64, else float32). On CPU a C kernel runs the ``O(N^2)`` loop.
+        (float64 when boxes or scores are float64 or scores are integers, else float32).
     """
     _check_nms_inputs(boxes, scores, iou_threshold)
     if method not in ("linear", "gaussian"):
         raise ValueError(f"method must be 'linear' or 'gaussian', got {method!r}")
     if method == "gaussian" and not sigma > 0:
         raise ValueError(f"sigma must be > 0 for the gaussian method, got {sigma}")
-    b = _float(boxes)
-    dtype = torch.float64 if torch.float64 in (b.dtype, scores.dtype) else torch.float32
-    fast = _nms_kernels.soft_nms(
-        b.to(dtype), scores.to(dtype), method == "gaussian", float(sigma), float(iou_threshold), float(score_threshold)
+    which = resolve("soft_nms", backend, boxes.device)
+    exact = boxes.dtype == torch.float64 or scores.dtype == torch.float64 or not scores.is_floating_point()
+    dtype = torch.float64 if exact else torch.float32
+    return _nms_kernels.soft_nms(
+        boxes.to(dtype),
+        scores.to(dtype),
+        method == "gaussian",
+        float(sigma),
+        float(iou_threshold),
+        float(score_threshold),
+        which,
     )
-    if fast is not None:
-        return fast
-    # PyTorch loop: other devices, or no C compiler
-    b = b.to(dtype)
-    s = scores.to(dtype).clone()
-    area = box_area(b)
-    alive = s >= score_threshold
-    keep, kept_scores = [], []
-    neg_inf = torch.tensor(float("-inf"), dtype=s.dtype, device=s.device)
-    for _ in range(len(b)):
-        masked = torch.where(alive, s, neg_inf)
-        i = int(masked.argmax())
-        if not bool(alive[i]):
-            break
-        keep.append(i)
-        kept_scores.append(s[i])
-        alive[i] = False
-        iou = _iou_block(b[i : i + 1], area[i : i + 1], b, area)[0]
-        if method == "linear":
-            decay = torch.where(iou > iou_threshold, 1 - iou, torch.ones_like(iou))
-        else:
-            decay = torch.exp(-(iou * iou) / sigma)
-        s = torch.where(alive, s * decay, s)
-        alive &= s >= score_threshold
-    idx = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
-    out_scores = torch.stack(kept_scores) if kept_scores else s.new_zeros(0)
-    return idx, out_scores

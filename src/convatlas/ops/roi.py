@@ -7,17 +7,24 @@ stride-16 backbone). They come either as one ``Tensor[K, 5]`` whose first column
 RoI align is linear in the input: its bilinear weights for all boxes form one sparse ``[K*PH*PW, N*H*W]`` matrix that
 multiplies the channels-last feature map once, and autograd gives the backward (the transposed product). On small
 maps with many boxes (a detector's RoI head), where that matrix holds 16 weights per output element for few
-channels, the separable form ``A_y x A_x^T`` (two dense products) runs instead, picked by a cost model; on CUDA,
-Triton kernels (``kernels/roi_align_triton.py``) do the same sampling directly. RoI pool
-runs a small C kernel on CPU (``kernels/roi_pool.py``: a direct scan, and a scatter to the argmax for the backward);
-elsewhere, or without a compiler, a vectorised PyTorch path keeps the first strict maximum of each bin and gathers
-the output at it. float16/bfloat16 inputs are computed in float32 and cast back. Boxes get no gradient, as in
-torchvision.
+channels, the separable form ``A_y x A_x^T`` (two dense products) runs instead, picked by a cost model. That is
+``backend="torch"``; ``backend="triton"`` (the default on CUDA) runs Triton kernels (``kernels/roi_align_triton.py``)
+that do the same sampling directly. RoI pool's ``backend="c"`` (the default on CPU) runs a C kernel
+(``kernels/roi_pool.py``: a direct scan, and a scatter to the argmax for the backward); ``"torch"`` is a vectorised
+PyTorch path that keeps the first strict maximum of each bin and gathers the output at it (see
+:mod:`convatlas.ops.backend`).
+
+float16/bfloat16 inputs are computed in float32 and cast back, also under ``torch.autocast`` (CPU and CUDA), as
+torchvision does: the output has the input's dtype. Boxes may be any real dtype (integer boxes too); they get no
+gradient, as in torchvision, and must be finite. The operators are ``torch.fx`` leaves.
 
 RoI align (He et al. 2017): the box ``[x1 s - o, x2 s - o]`` (``o = 0.5`` when ``aligned``, else the width is at
 least 1) is cut into ``PH x PW`` bins; each bin averages ``g_h x g_w`` bilinear samples at
 ``y = y1' + (i + (j + 0.5) / g_h) h / PH``, where ``g_h = sampling_ratio`` or, when that is <= 0,
 ``ceil(h / PH)``. A sample outside ``[-1, H] x [-1, W]`` contributes 0; otherwise coordinates are clamped into the map.
+Only the samples that can fall inside the map are evaluated (a window per bin row and column, widened by the rounding
+of the positions), and the average still divides by ``g_h g_w``: a box of side 1e9 with adaptive sampling
+(``g`` about 1.4e8 per bin) costs about as much as a box the size of the map, and gives torchvision's result.
 
 RoI pool (Girshick 2015): the box is rounded to feature cells ``[round(x1 s), round(x2 s)]`` (inclusive), bin ``i``
 covers rows ``floor(i h / PH) .. ceil((i + 1) h / PH) - 1``, and the output is the maximum over the bin (0 for an
@@ -32,8 +39,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from convatlas.ops.backend import resolve
 from convatlas.ops.kernels import roi_align_triton as _roi_align_triton
 from convatlas.ops.kernels import roi_pool as _roi_pool_kernel
+from convatlas.ops.tracing import autocast_off, fx_leaf
 
 __all__ = ["assign_levels", "boxes_to_rois", "infer_scale", "multi_scale_roi_align", "roi_align", "roi_pool"]
 
@@ -95,12 +104,17 @@ def _prepare(input: Tensor, boxes: Tensor | Sequence[Tensor], output_size, spati
     compute = torch.float64 if input.dtype == torch.float64 else torch.float32
     rois = boxes_to_rois(boxes, compute).detach().to(input.device)
     if len(rois):
-        bmin, bmax = int(rois[:, 0].min()), int(rois[:, 0].max())
+        finite = torch.isfinite(rois[:, 1:]).all(dim=1)
+        stats = torch.stack([rois[:, 0].min(), rois[:, 0].max(), finite.all().to(rois.dtype)]).tolist()
+        bmin, bmax, all_finite = int(stats[0]), int(stats[1]), bool(stats[2])
         if bmin < 0 or bmax >= input.shape[0]:
             raise ValueError(
                 f"{op}: box batch indices must lie in [0, {input.shape[0] - 1}] for an input batch of "
                 f"{input.shape[0]}, got [{bmin}, {bmax}]"
             )
+        if not all_finite:
+            k = int(torch.nonzero(~finite)[0])
+            raise ValueError(f"{op}: box coordinates must be finite, got box {k} = {rois[k, 1:].tolist()}")
     n, c, h, w = input.shape
     flat = input.to(compute).permute(0, 2, 3, 1).reshape(n * h * w, c)  # (N*H*W, C), channels last
     return flat, rois, ph, pw, compute
@@ -112,20 +126,57 @@ def _chunks(k: int, per_roi: int):
         yield start, min(start + step, k)
 
 
-def _axis_samples(start: Tensor, bin_size: Tensor, pooled: int, grid: int, size: int, compute: torch.dtype):
-    """Sample positions along one axis and their bilinear low/high indices and weights, torchvision's rules.
+def _sample_windows(
+    start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size: int, compute: torch.dtype
+) -> Tensor:
+    """For each box and bin along one axis, the sample indices ``[lo, hi)`` that can fall inside ``[-1, size]``.
 
-    Returns four tensors of shape (K, pooled * grid): low index, high index, low weight, high weight (0 outside).
+    Sample ``j`` of bin ``p`` sits at ``y_p + (j + 0.5) b / g`` with ``y_p = start + p b`` (computed in ``compute``),
+    increasing in ``j``; the window solves ``-1 <= y <= size`` for ``j`` in float64 and widens it by the rounding of
+    the positions in ``compute`` (a few ulps of ``|y_p| + 2 |b|``) plus one sample on each side, so every sample left
+    out is invalid for certain (its weight would be 0). Each sample inside is still tested exactly.
+
+    Args:
+        start (Tensor[K]): box start on the feature map; bin_size (Tensor[K]): ``b``; grid (Tensor[K]): ``g`` (int64).
+        pooled: bins along this axis; size: the map's size along it; compute: the dtype of the sample positions.
+
+    Returns:
+        Tensor[K, pooled, 2]: int64 ``lo, hi`` with ``0 <= lo <= hi <= g``.
     """
-    k = len(start)
     p = torch.arange(pooled, dtype=compute, device=start.device)
-    j = torch.arange(grid, dtype=compute, device=start.device) + 0.5
+    y0 = (start[:, None] + p[None, :] * bin_size[:, None]).double()  # (K, pooled), as the samples compute it
+    b = bin_size.double()[:, None]
+    g = grid.double()[:, None]
+    step = b / g.clamp(min=1)
+    slack = 8 * torch.finfo(compute).eps * (y0.abs() + 2 * b.abs() + 1)
+    spread = step > 0
+    safe = torch.where(spread, step, torch.ones_like(step))
+    lo = torch.floor((-1.0 - y0 - slack) / safe - 0.5) - 1
+    hi = torch.floor((size - y0 + slack) / safe - 0.5) + 2
+    lo = torch.where(spread, lo, torch.zeros_like(lo))  # all samples of a zero-size bin sit at y_p: keep them all
+    hi = torch.where(spread, hi, g)
+    lo = torch.minimum(lo.clamp(min=0), g)
+    hi = torch.minimum(torch.maximum(hi, lo), g)
+    return torch.stack([lo, hi], dim=-1).long()
+
+
+def _axis_samples(
+    start: Tensor, bin_size: Tensor, window: Tensor, pooled: int, grid: int, size: int, compute: torch.dtype
+):
+    """Sample positions along one axis in the windows of :func:`_sample_windows` and their bilinear low/high indices
+    and weights, torchvision's rules.
+
+    Returns four tensors of shape (K, pooled, M), ``M`` the widest window: low index, high index, low weight and high
+    weight (0 outside the map and past a bin's window).
+    """
+    lo, count = window[..., 0], window[..., 1] - window[..., 0]  # (K, pooled)
+    m = int(count.max()) if count.numel() else 0
+    t = torch.arange(m, device=start.device)
+    j = (lo[:, :, None] + t).to(compute) + 0.5  # (K, pooled, M): sample index + 0.5, as the reference computes it
+    p = torch.arange(pooled, dtype=compute, device=start.device)
     # same evaluation order as the reference: start + p * bin + (j + .5) * bin / grid
-    pos = (start[:, None, None] + p[None, :, None] * bin_size[:, None, None]) + (
-        j[None, None, :] * bin_size[:, None, None]
-    ) / grid
-    pos = pos.reshape(k, pooled * grid)
-    valid = (pos >= -1.0) & (pos <= size)
+    pos = (start[:, None, None] + p[None, :, None] * bin_size[:, None, None]) + (j * bin_size[:, None, None]) / grid
+    valid = (pos >= -1.0) & (pos <= size) & (t < count[:, :, None])
     pos = pos.clamp(min=0)
     low = pos.long()
     at_edge = low >= size - 1
@@ -138,36 +189,60 @@ def _axis_samples(start: Tensor, bin_size: Tensor, pooled: int, grid: int, size:
     return low, high, w_low, w_high
 
 
+def _window_chunks(window: Tensor, idx: Tensor) -> list[Tensor]:
+    """``idx`` split so that each piece's samples (boxes x bins x widest window) stay within ``_CHUNK_ELEMS``."""
+    width = window[idx, :, 1] - window[idx, :, 0]  # (k, pooled)
+    per_box = width.shape[1] * int(width.max()) if width.numel() else 0
+    if per_box > _CHUNK_ELEMS:
+        k = int(idx[int(width.amax(dim=1).argmax())])
+        raise ValueError(
+            f"roi_align: box {k} would evaluate up to {int(width.max())} samples per bin along one axis of the "
+            f"feature map, more than the {_CHUNK_ELEMS // width.shape[1]} supported (lower sampling_ratio, or clip "
+            "the box to the image)"
+        )
+    step = max(1, _CHUNK_ELEMS // max(per_box, 1))
+    return [idx[a : a + step] for a in range(0, len(idx), step)]
+
+
 def _axis_weights(
-    start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size: int, compute: torch.dtype
+    start: Tensor, bin_size: Tensor, grid: Tensor, window: Tensor, pooled: int, size: int, compute: torch.dtype
 ) -> Tensor:
-    """Dense bilinear weights along one axis: ``A[k, p, t]`` is the mean over bin ``p``'s samples of their weight on
-    cell ``t`` (0 for a box with no samples). Returns Tensor[K, pooled, size]."""
+    """Dense bilinear weights along one axis: ``A[k, p, t]`` is the mean over bin ``p``'s ``g`` samples of their
+    weight on cell ``t`` (0 for a box with no samples). Returns Tensor[K, pooled, size]."""
     k = len(start)
     weights = torch.zeros((k, pooled, size), dtype=compute, device=start.device)
     for g in torch.unique(grid).tolist():
         if g == 0:
             continue  # no samples: the row stays 0, as in the reference
-        idx = torch.nonzero(grid == g).flatten()
-        low, high, w_low, w_high = _axis_samples(start[idx], bin_size[idx], pooled, g, size, compute)
-        part = torch.zeros((len(idx), pooled, size), dtype=compute, device=start.device)
-        part.scatter_add_(2, low.view(-1, pooled, g), (w_low / g).view(-1, pooled, g))
-        part.scatter_add_(2, high.view(-1, pooled, g), (w_high / g).view(-1, pooled, g))
-        weights[idx] = part
+        for idx in _window_chunks(window, torch.nonzero(grid == g).flatten()):
+            low, high, w_low, w_high = _axis_samples(start[idx], bin_size[idx], window[idx], pooled, g, size, compute)
+            part = torch.zeros((len(idx), pooled, size), dtype=compute, device=start.device)
+            part.scatter_add_(2, low, w_low / g)
+            part.scatter_add_(2, high, w_high / g)
+            weights[idx] = part
     return weights
 
 
-def _separable_is_cheaper(h: int, w: int, ph: int, pw: int, grid_h: Tensor, grid_w: Tensor) -> bool:
+def _evaluated_samples(win_y: Tensor, win_x: Tensor) -> Tensor:
+    """Samples per bin each box evaluates (its widest row window times its widest column window). Tensor[K]."""
+    rows = (win_y[..., 1] - win_y[..., 0]).amax(dim=1)
+    cols = (win_x[..., 1] - win_x[..., 0]).amax(dim=1)
+    return rows * cols
+
+
+def _separable_is_cheaper(h: int, w: int, ph: int, pw: int, samples: Tensor) -> bool:
     """Whether the dense separable path should run: its work per box and channel, ``H W PW + H PH PW`` dense
-    multiply-adds, against the sparse path's ``4 PH PW g_h g_w`` scattered ones, which cost about
-    ``_SPARSE_COST`` times more each on CPU (small feature maps, as in a detector's RoI head, favour it)."""
-    samples = float((grid_h * grid_w).double().mean())
-    return h * w * pw + h * ph * pw <= _SPARSE_COST * 4 * ph * pw * max(samples, 1.0)
+    multiply-adds, against the sparse path's ``4 PH PW s`` scattered ones (``s`` samples evaluated per bin), which
+    cost about ``_SPARSE_COST`` times more each on CPU (small feature maps, as in a detector's RoI head, favour it).
+    A box whose sparse weights alone would exceed ``_SPARSE_NNZ`` always takes the separable path."""
+    if int(samples.max()) * 4 * ph * pw > _SPARSE_NNZ:
+        return True
+    mean = float(samples.double().mean())
+    return h * w * pw + h * ph * pw <= _SPARSE_COST * 4 * ph * pw * max(mean, 1.0)
 
 
 def _roi_align_separable(
-    input: Tensor, batch: Tensor, y_axis: tuple[Tensor, Tensor, Tensor], x_axis: tuple[Tensor, Tensor, Tensor],
-    ph: int, pw: int,
+    input: Tensor, batch: Tensor, y_axis: tuple[Tensor, ...], x_axis: tuple[Tensor, ...], ph: int, pw: int,
 ) -> Tensor:  # fmt: skip
     """RoI align as two dense contractions: bilinear sampling and bin averaging are separable, so
     ``out[k, c, i, j] = sum_y A_y[k, i, y] sum_x input[b_k, c, y, x] A_x[k, j, x]``. One matrix product per image
@@ -176,7 +251,7 @@ def _roi_align_separable(
     Args:
         input (Tensor[N, C, H, W]): feature map in the compute dtype.
         batch (Tensor[K]): image index of each box.
-        y_axis, x_axis: per-box start, bin size and samples per bin along rows / columns.
+        y_axis, x_axis: per-box start, bin size, samples per bin and sample windows along rows / columns.
         ph, pw: output size.
 
     Returns:
@@ -199,60 +274,23 @@ def _roi_align_separable(
     return out.permute(0, 2, 1, 3)
 
 
-def roi_align(
-    input: Tensor,
-    boxes: Tensor | Sequence[Tensor],
-    output_size: int | Sequence[int],
-    spatial_scale: float = 1.0,
-    sampling_ratio: int = -1,
-    aligned: bool = False,
-) -> Tensor:
-    """RoI align: average of bilinear samples in each bin of each box (Mask R-CNN).
-
-    Same arguments and result as ``torchvision.ops.roi_align``.
-
-    Args:
-        input (Tensor[N, C, H, W]): feature map.
-        boxes (Tensor[K, 5] or list of Tensor[L, 4]): (batch index,) x1, y1, x2, y2 in image pixels, x1 < x2, y1 < y2.
-        output_size: ``(PH, PW)`` or one int.
-        spatial_scale: factor from image pixels to feature cells (``1 / stride``).
-        sampling_ratio: samples per bin along each axis; <= 0 means ``ceil(box size / output size)`` per box.
-        aligned: shift boxes by -0.5 cell so that sample points sit at pixel centres (Detectron2's convention).
+def _roi_align_sparse(
+    flat: Tensor, rois: Tensor, shape: tuple[int, ...], y_axis: tuple[Tensor, ...], x_axis: tuple[Tensor, ...],
+    ph: int, pw: int,
+) -> Tensor:  # fmt: skip
+    """RoI align as one sparse product: ``out[(k, i, j), :] = sum of weight * flat[cell, :]`` over the 4 bilinear
+    corners of every evaluated sample of bin ``(i, j)``; autograd gives the backward (the transpose times the output
+    gradient). One pass per distinct ``(g_h, g_w)``, split so that one matrix holds at most ``_SPARSE_NNZ`` weights.
 
     Returns:
-        Tensor[K, C, PH, PW]: pooled features, dtype of ``input``.
+        Tensor[K, PH, PW, C]
     """
-    flat, rois, ph, pw, compute = _prepare(input, boxes, output_size, spatial_scale, "roi_align")
-    n, c, h, w = input.shape
+    n, c, h, w = shape
     k = len(rois)
-    if k == 0:
-        return input.new_zeros((0, c, ph, pw))
-    if _roi_align_triton.available(input.device):  # CUDA (or Triton's interpreter on CPU)
-        out = _roi_align_triton.roi_align_triton(
-            flat, rois, input.shape, (ph, pw), spatial_scale, sampling_ratio, aligned
-        )
-        return out.view(k, ph, pw, c).permute(0, 3, 1, 2).to(input.dtype)
-    offset = 0.5 if aligned else 0.0
-    scale = torch.tensor(spatial_scale, dtype=compute)
-    x1, y1 = rois[:, 1] * scale - offset, rois[:, 2] * scale - offset
-    roi_w, roi_h = rois[:, 3] * scale - offset - x1, rois[:, 4] * scale - offset - y1
-    if not aligned:
-        roi_w, roi_h = roi_w.clamp(min=1), roi_h.clamp(min=1)
-    bin_w, bin_h = roi_w / pw, roi_h / ph
-    if sampling_ratio > 0:
-        grid_h = torch.full((k,), sampling_ratio, dtype=torch.int64, device=rois.device)
-        grid_w = grid_h
-    else:
-        grid_h = torch.ceil(roi_h / ph).long().clamp(min=0)
-        grid_w = torch.ceil(roi_w / pw).long().clamp(min=0)
+    y1, bin_h, grid_h, win_y = y_axis
+    x1, bin_w, grid_w, win_x = x_axis
+    compute = flat.dtype
     batch = rois[:, 0].long()
-    if _separable_is_cheaper(h, w, ph, pw, grid_h, grid_w):
-        out = _roi_align_separable(input.to(compute), batch, (y1, bin_h, grid_h), (x1, bin_w, grid_w), ph, pw)
-        return out.to(input.dtype)
-    # The output is linear in the input: out[(k, i, j), :] = sum of weight * flat[cell, :] over the 4 bilinear corners
-    # of every sample of bin (i, j). Build those weights as a sparse matrix and multiply; autograd gives the backward
-    # (its transpose times the output gradient). One pass per distinct (grid_h, grid_w), split so that one matrix
-    # holds at most _SPARSE_NNZ weights (large boxes with adaptive sampling have many samples per bin).
     result = None
     rows, cols, weights, pending = [], [], [], 0
 
@@ -272,16 +310,23 @@ def roi_align(
         if gh == 0 or gw == 0:
             continue  # no samples: the output stays 0, as in the reference
         group = torch.nonzero((grid_h == gh) & (grid_w == gw)).flatten()
-        per_box = 4 * ph * gh * pw * gw
+        mh = int((win_y[group, :, 1] - win_y[group, :, 0]).max())
+        mw = int((win_x[group, :, 1] - win_x[group, :, 0]).max())
+        per_box = 4 * ph * mh * pw * mw
+        if per_box == 0:
+            continue  # no sample of these boxes can fall inside the map
         step = max(1, _SPARSE_NNZ // per_box)
         for start in range(0, len(group), step):
             idx = group[start : start + step]
-            yl, yh, wyl, wyh = _axis_samples(y1[idx], bin_h[idx], ph, gh, h, compute)  # (k, PH*gh)
-            xl, xh, wxl, wxh = _axis_samples(x1[idx], bin_w[idx], pw, gw, w, compute)  # (k, PW*gw)
+            yl, yh, wyl, wyh = (t.reshape(len(idx), -1) for t in _axis_samples(
+                y1[idx], bin_h[idx], win_y[idx], ph, gh, h, compute))  # fmt: skip
+            xl, xh, wxl, wxh = (t.reshape(len(idx), -1) for t in _axis_samples(
+                x1[idx], bin_w[idx], win_x[idx], pw, gw, w, compute))  # fmt: skip
             base = (batch[idx] * h * w)[:, None, None]
-            i = torch.arange(ph, device=rois.device).repeat_interleave(gh)  # bin row of each y sample
-            j = torch.arange(pw, device=rois.device).repeat_interleave(gw)  # bin column of each x sample
-            row = (idx[:, None, None] * ph + i[None, :, None]) * pw + j[None, None, :]  # (k, PH*gh, PW*gw)
+            my, mx = yl.shape[1] // ph, xl.shape[1] // pw  # this chunk's window widths
+            i = torch.arange(ph, device=rois.device).repeat_interleave(my)  # bin row of each y sample
+            j = torch.arange(pw, device=rois.device).repeat_interleave(mx)  # bin column of each x sample
+            row = (idx[:, None, None] * ph + i[None, :, None]) * pw + j[None, None, :]  # (k, PH*my, PW*mx)
             for yi, wy in ((yl, wyl), (yh, wyh)):
                 for xi, wx in ((xl, wxl), (xh, wxh)):
                     rows.append(row.flatten())
@@ -293,8 +338,74 @@ def roi_align(
     if rows:
         result = flush(result)
     if result is None:  # no box has samples
-        return input.new_zeros((k, c, ph, pw))
-    return result.view(k, ph, pw, c).permute(0, 3, 1, 2).to(input.dtype)
+        return flat.new_zeros((k, ph, pw, c))
+    return result.view(k, ph, pw, c)
+
+
+@fx_leaf
+def roi_align(
+    input: Tensor,
+    boxes: Tensor | Sequence[Tensor],
+    output_size: int | Sequence[int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """RoI align: average of bilinear samples in each bin of each box (Mask R-CNN).
+
+    Same arguments and result as ``torchvision.ops.roi_align``, also under ``torch.autocast`` (computed in float32,
+    returned in the input's dtype).
+
+    Args:
+        input (Tensor[N, C, H, W]): feature map.
+        boxes (Tensor[K, 5] or list of Tensor[L, 4]): (batch index,) x1, y1, x2, y2 in image pixels, x1 < x2, y1 < y2.
+        output_size: ``(PH, PW)`` or one int.
+        spatial_scale: factor from image pixels to feature cells (``1 / stride``).
+        sampling_ratio: samples per bin along each axis; <= 0 means ``ceil(box size / output size)`` per box.
+        aligned: shift boxes by -0.5 cell so that sample points sit at pixel centres (Detectron2's convention).
+        backend: ``"auto"``, ``"torch"`` (sparse or separable products, any device) or ``"triton"`` (CUDA; CPU only
+            under Triton's interpreter); see :mod:`convatlas.ops.backend`.
+
+    Returns:
+        Tensor[K, C, PH, PW]: pooled features, dtype of ``input``.
+    """
+    flat, rois, ph, pw, compute = _prepare(input, boxes, output_size, spatial_scale, "roi_align")
+    n, c, h, w = input.shape
+    k = len(rois)
+    if k == 0:
+        return input.new_zeros((0, c, ph, pw))
+    which = resolve("roi_align", backend, input.device)
+    with autocast_off(input.device):
+        offset = 0.5 if aligned else 0.0
+        scale = torch.tensor(spatial_scale, dtype=compute)
+        x1, y1 = rois[:, 1] * scale - offset, rois[:, 2] * scale - offset
+        roi_w, roi_h = rois[:, 3] * scale - offset - x1, rois[:, 4] * scale - offset - y1
+        if not aligned:
+            roi_w, roi_h = roi_w.clamp(min=1), roi_h.clamp(min=1)
+        bin_w, bin_h = roi_w / pw, roi_h / ph
+        if sampling_ratio > 0:
+            grid_h = torch.full((k,), sampling_ratio, dtype=torch.int64, device=rois.device)
+            grid_w = grid_h
+        else:
+            # clamped below 2**62 so the cast is defined; the sample windows keep the work bounded
+            grid_h = torch.ceil(roi_h / ph).clamp(min=0, max=2**62).long()
+            grid_w = torch.ceil(roi_w / pw).clamp(min=0, max=2**62).long()
+        win_y = _sample_windows(y1, bin_h, grid_h, ph, h, compute)  # (K, PH, 2)
+        win_x = _sample_windows(x1, bin_w, grid_w, pw, w, compute)  # (K, PW, 2)
+        if which == "triton":
+            grids = torch.stack([grid_h, grid_w], dim=1)
+            out = _roi_align_triton.roi_align_triton(
+                flat, rois, grids, (win_y, win_x), input.shape, (ph, pw), spatial_scale, aligned
+            )
+            return out.view(k, ph, pw, c).permute(0, 3, 1, 2).to(input.dtype)
+        y_axis, x_axis = (y1, bin_h, grid_h, win_y), (x1, bin_w, grid_w, win_x)
+        if _separable_is_cheaper(h, w, ph, pw, _evaluated_samples(win_y, win_x)):
+            out = _roi_align_separable(input.to(compute), rois[:, 0].long(), y_axis, x_axis, ph, pw)
+            return out.to(input.dtype)
+        out = _roi_align_sparse(flat, rois, input.shape, y_axis, x_axis, ph, pw)
+        return out.permute(0, 3, 1, 2).to(input.dtype)
 
 
 def _round_half_away(x: Tensor) -> Tensor:
@@ -302,11 +413,14 @@ def _round_half_away(x: Tensor) -> Tensor:
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
 
+@fx_leaf
 def roi_pool(
     input: Tensor,
     boxes: Tensor | Sequence[Tensor],
     output_size: int | Sequence[int],
     spatial_scale: float = 1.0,
+    *,
+    backend: str = "auto",
 ) -> Tensor:
     """RoI max pooling over quantised bins (Fast R-CNN).
 
@@ -317,6 +431,7 @@ def roi_pool(
         boxes (Tensor[K, 5] or list of Tensor[L, 4]): (batch index,) x1, y1, x2, y2 in image pixels, x1 < x2, y1 < y2.
         output_size: ``(PH, PW)`` or one int.
         spatial_scale: factor from image pixels to feature cells (``1 / stride``).
+        backend: ``"auto"``, ``"c"`` (CPU tensors) or ``"torch"``; see :mod:`convatlas.ops.backend`.
 
     Returns:
         Tensor[K, C, PH, PW]: the maximum of each bin (0 for a bin that falls outside the map), dtype of ``input``.
@@ -326,7 +441,8 @@ def roi_pool(
     k = len(rois)
     if k == 0:
         return input.new_zeros((0, c, ph, pw))
-    if _roi_pool_kernel.available(input.device):  # C kernel: a direct scan, as the reference does
+    which = resolve("roi_pool", backend, input.device)
+    if which == "c":  # a direct scan, as the reference does
         out = _roi_pool_kernel.RoIPoolFunction.apply(input.to(compute), rois, (ph, pw), float(spatial_scale))
         return out.to(input.dtype)
     scale = torch.tensor(spatial_scale, dtype=compute)
@@ -442,6 +558,7 @@ def assign_levels(
     return (k.clamp(min=k_min, max=k_max).long() - k_min).long()
 
 
+@fx_leaf
 def multi_scale_roi_align(
     features: Sequence[Tensor],
     boxes: Sequence[Tensor],
@@ -452,6 +569,7 @@ def multi_scale_roi_align(
     canonical_scale: float = 224,
     canonical_level: int = 4,
     aligned: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     """RoI align over a feature pyramid: each box is pooled from the level FPN's rule assigns it to.
 
@@ -464,18 +582,23 @@ def multi_scale_roi_align(
         canonical_scale: ``s0`` of :func:`assign_levels`.
         canonical_level: ``k0`` of :func:`assign_levels`.
         aligned: as in :func:`roi_align`.
+        backend: as in :func:`roi_align`.
 
     Returns:
-        Tensor[K, C, PH, PW]: pooled features in the order of the concatenated boxes.
+        Tensor[K, C, PH, PW]: pooled features in the order of the concatenated boxes, dtype of ``features[0]``.
     """
     if len(features) == 0 or len(features) != len(scales):
         raise ValueError(
             f"features and scales must be non-empty and of equal length, got {len(features)} and {len(scales)}"
         )
-    rois = boxes_to_rois(list(boxes), features[0].dtype)
+    if not all(isinstance(f, Tensor) for f in features):
+        raise TypeError(f"features must be a list of Tensor[N, C, H, W], got {[type(f).__name__ for f in features]}")
+    compute = torch.float64 if features[0].dtype == torch.float64 else torch.float32
+    rois = boxes_to_rois(list(boxes), compute)  # box coordinates are never rounded to float16/bfloat16
     ph, pw = _pair(output_size, "output_size")
+    args = (sampling_ratio, aligned)
     if len(features) == 1:
-        return roi_align(features[0], rois, (ph, pw), scales[0], sampling_ratio, aligned)
+        return roi_align(features[0], rois, (ph, pw), scales[0], *args, backend=backend)
     k_min = round(-math.log2(scales[0]))
     k_max = round(-math.log2(scales[-1]))
     if k_max - k_min + 1 != len(features):
@@ -489,6 +612,6 @@ def multi_scale_roi_align(
     for level, (feat, scale) in enumerate(zip(features, scales, strict=True)):
         idx = torch.nonzero(levels == level).flatten()
         if len(idx):
-            pooled = roi_align(feat, rois[idx], (ph, pw), scale, sampling_ratio, aligned)
+            pooled = roi_align(feat, rois[idx], (ph, pw), scale, *args, backend=backend)
             out = out.index_copy(0, idx, pooled.to(out.dtype))
     return out

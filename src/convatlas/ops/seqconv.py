@@ -12,9 +12,10 @@ With ``p = padding_l`` taps on the left the output keeps the length T:
 ``out[b, c, t] = sum_k w[h(c), k] * x[b, c, t + k - p]``, with ``x`` zero outside ``[0, T)``.
 ``p = K // 2`` centres the kernel (the default); ``p = K - 1`` makes it causal (step t sees only ``x[..t]``).
 
-On CUDA, with Triton importable, the work goes to the kernels of :mod:`convatlas.ops.kernels.seqconv` (set
-``CONVATLAS_NO_TRITON=1`` to opt out); everywhere else to the PyTorch path below (a depthwise ``conv1d`` for
-lightweight, a sum of K shifted products for dynamic).
+``backend="triton"`` (the default on CUDA when Triton imports) runs the kernels of
+:mod:`convatlas.ops.kernels.seqconv`; ``backend="torch"`` (the default elsewhere) the PyTorch path below (a depthwise
+``conv1d`` for lightweight, a sum of K shifted products for dynamic); see :mod:`convatlas.ops.backend`. Both are
+``torch.fx`` leaves.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from convatlas.ops.backend import resolve
 from convatlas.ops.kernels import seqconv as _kernels
+from convatlas.ops.tracing import fx_leaf
 
 __all__ = ["dynamic_conv", "lightweight_conv"]
 
@@ -58,10 +61,12 @@ def _normalise(weight: Tensor, *, dim: int, softmax: bool, dtype: torch.dtype) -
     return weight.to(dtype)
 
 
-def _use_kernel(x: Tensor, weight: Tensor) -> bool:
-    return x.is_cuda and weight.is_cuda and _kernels.available()
+def _check_device(name: str, x: Tensor, weight: Tensor) -> None:
+    if weight.device != x.device:
+        raise ValueError(f"{name}: weight is on {weight.device} but x on {x.device}")
 
 
+@fx_leaf
 def lightweight_conv(
     x: Tensor,
     weight: Tensor,
@@ -69,6 +74,8 @@ def lightweight_conv(
     weight_softmax: bool = True,
     dropout: float = 0.0,
     training: bool = True,
+    *,
+    backend: str = "auto",
 ) -> Tensor:
     """Lightweight convolution: a depthwise convolution over time with one softmax-normalised kernel per head.
 
@@ -83,6 +90,7 @@ def lightweight_conv(
         dropout: DropConnect probability on the normalised kernel (each tap zeroed with this probability, the rest
             scaled by ``1 / (1 - dropout)``), applied only when ``training`` is true, as ``F.dropout`` does.
         training: whether DropConnect is active.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (CUDA; CPU only under Triton's interpreter).
 
     Returns:
         Tensor[B, C, T]
@@ -95,10 +103,12 @@ def lightweight_conv(
         raise ValueError(f"lightweight_conv: weight must be a Tensor[H, K] (2 dims), got {shape}")
     heads, taps = weight.shape
     padding_l = _check_common("lightweight_conv", x, heads, taps, padding_l, dropout)
+    _check_device("lightweight_conv", x, weight)
+    which = resolve("lightweight_conv", backend, x.device)
     w = _normalise(weight, dim=1, softmax=weight_softmax, dtype=x.dtype)
     if dropout > 0.0 and training:
         w = F.dropout(w, p=dropout, training=True)
-    if _use_kernel(x, w):
+    if which == "triton":
         return _kernels.lightweight_conv_triton(x, w, padding_l)
     return _lightweight_torch(x, w, padding_l)
 
@@ -113,6 +123,7 @@ def _lightweight_torch(x: Tensor, w: Tensor, padding_l: int) -> Tensor:
     return F.conv1d(x, w, groups=channels)
 
 
+@fx_leaf
 def dynamic_conv(
     x: Tensor,
     weight: Tensor,
@@ -120,6 +131,8 @@ def dynamic_conv(
     weight_softmax: bool = True,
     dropout: float = 0.0,
     training: bool = True,
+    *,
+    backend: str = "auto",
 ) -> Tensor:
     """Dynamic convolution: like :func:`lightweight_conv`, but with a different kernel at every time step.
 
@@ -133,6 +146,7 @@ def dynamic_conv(
         weight_softmax: normalise each kernel with a softmax over its K taps.
         dropout: DropConnect probability on the normalised kernel, applied only when ``training`` is true.
         training: whether DropConnect is active.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``, as in :func:`lightweight_conv`.
 
     Returns:
         Tensor[B, C, T]
@@ -150,10 +164,12 @@ def dynamic_conv(
             f"dynamic_conv: weight Tensor[B, H, K, T] = {tuple(weight.shape)} must match x Tensor[B, C, T] = "
             f"{tuple(x.shape)} in B and T"
         )
+    _check_device("dynamic_conv", x, weight)
+    which = resolve("dynamic_conv", backend, x.device)
     w = _normalise(weight, dim=2, softmax=weight_softmax, dtype=x.dtype)
     if dropout > 0.0 and training:
         w = F.dropout(w, p=dropout, training=True)
-    if _use_kernel(x, w):
+    if which == "triton":
         return _kernels.dynamic_conv_triton(x, w, padding_l)
     return _dynamic_torch(x, w, padding_l)
 

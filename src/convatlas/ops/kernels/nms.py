@@ -1,319 +1,42 @@
-"""NMS back ends: a small C kernel with a uniform-grid index (on the host) and a blocked PyTorch path (any device).
+"""NMS back ends: the C kernel with a uniform-grid index (on the host) and a blocked PyTorch path (any device).
 
 Both compute the exact greedy result. Boxes arrive sorted by decreasing score (ties: lower index first); a box is
-suppressed when its IoU with an earlier kept box is strictly greater than the threshold.
+suppressed when its IoU with an earlier kept box is strictly greater than the threshold. The operator
+(:func:`convatlas.ops.boxes.nms`) picks the back end from its ``backend`` argument (:mod:`convatlas.ops.backend`);
+the functions here take ``"c"`` or ``"torch"``.
 
-The C kernel (CPU): torchvision's CPU NMS compares every kept box with every later box, ``O(N K)`` IoUs for ``K``
-kept boxes. Two boxes can only exceed a threshold ``>= 0`` when their rectangles overlap with positive area, so the
-kernel buckets kept boxes into a uniform grid (cells about the mean box size) and tests a candidate only against the
-kept boxes in the cells it covers, its middle cell first. Each cell stores its kept boxes in keep order in blocks of
-eight (structure of arrays, unused slots zero), and a block is tested without branches, so the compiler vectorises
-it; a kept box covering several cells may be tested more than once, which costs time but cannot change the result.
-The IoU is computed with the same float operations in the same order as torchvision's CPU kernel; ``IoU > t`` (with
-``t`` in double) is tested as ``IoU >= a`` where ``a`` is the smallest value of the boxes' type above ``t``, which is
-the same test. So the result is bit-for-bit the greedy definition; a negative or NaN threshold, or non-finite
-coordinates, take the plain quadratic loop. The kernel is plain C (no PyTorch headers), compiled with ``gcc`` on
-first use (under a second) into ``$CONVATLAS_CACHE_DIR`` (default ``~/.cache/convatlas/kernels``), keyed by a hash
-of its source, and called through ``ctypes``; if compilation fails, or ``CONVATLAS_NMS_BACKEND=torch`` is set, the
-PyTorch path runs instead. Scores are ordered by a stable radix sort in the same library.
+The C kernel (``csrc/nms.c``, loaded by :mod:`convatlas.ops.kernels.native`): torchvision's CPU NMS compares every
+kept box with every later box, ``O(N K)`` IoUs for ``K`` kept boxes. Two boxes can only exceed a threshold ``>= 0``
+when their rectangles overlap with positive area, so the kernel buckets kept boxes into a uniform grid (cells about
+the mean box size) and tests a candidate only against the kept boxes in the cells it covers, its middle cell first.
+Each cell stores its kept boxes in keep order in blocks of eight (structure of arrays, unused slots zero), and a
+block is tested without branches, so the compiler vectorises it; a kept box covering several cells may be tested more
+than once, which costs time but cannot change the result. The IoU is computed with the same float operations in the
+same order as torchvision's CPU kernel; ``IoU > t`` (with ``t`` in double) is tested as ``IoU >= a`` where ``a`` is
+the smallest value of the boxes' type above ``t``, which is the same test. So the result is bit-for-bit the greedy
+definition; a negative or NaN threshold, or non-finite coordinates, take the plain quadratic loop. float32, float16
+and bfloat16 scores are ordered by a stable radix sort in the same library (exact: each is a float32); other score
+dtypes (float64, integers beyond 2**24) by ``torch.sort(stable=True)``.
 
 The blocked PyTorch path: boxes are taken in blocks of ``block`` rows. A block is first tested against all boxes
 kept so far (one vectorised IoU), then resolved internally: ``keep_i = alive_i and not any_j<i (keep_j and
 IoU_ji > t)`` is iterated from ``keep = alive`` until it stops changing. Any fixed point of that recursion is the
 greedy answer (it defines each ``keep_i`` from earlier ones), and iteration ``r`` fixes at least position ``r``, so it
 ends after at most ``block`` rounds, in practice a handful.
+
+Soft-NMS (Bodla et al. 2017) has a C loop and a PyTorch loop with the same arithmetic; an IoU that is NaN (a NaN box,
+or two empty boxes) counts as no overlap, as it does in NMS (``NaN > t`` is false).
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-
 import torch
 from torch import Tensor
 
-from convatlas.ops.kernels.clib import CLibrary
+from convatlas.ops.kernels.native import library
 
-_C_SOURCE = r"""
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-
-#define DEFINE_NMS(SUFFIX, T, NEXTAFTER)                                                                           \
-                                                                                                                    \
-static inline int over_##SUFFIX(T ax1, T ay1, T ax2, T ay2, T aarea, const T *b, T barea, double thr) {             \
-    T xx1 = ax1 > b[0] ? ax1 : b[0];                                                                                \
-    T yy1 = ay1 > b[1] ? ay1 : b[1];                                                                                \
-    T xx2 = ax2 < b[2] ? ax2 : b[2];                                                                                \
-    T yy2 = ay2 < b[3] ? ay2 : b[3];                                                                                \
-    T w = xx2 - xx1; if (!(w > 0)) w = 0;                                                                           \
-    T h = yy2 - yy1; if (!(h > 0)) h = 0;                                                                           \
-    T inter = w * h;                                                                                                \
-    T ovr = inter / (aarea + barea - inter);                                                                        \
-    return (double)ovr > thr;                                                                                       \
-}                                                                                                                   \
-                                                                                                                    \
-/* Quadratic loop over kept boxes: any threshold, any coordinates. */                                               \
-static int64_t plain_##SUFFIX(const T *b, const int64_t *cls, int64_t n, double thr, uint8_t *keep) {             \
-    int64_t *kept = (int64_t *)malloc(sizeof(int64_t) * (n > 0 ? n : 1));                                           \
-    if (!kept) return -1;                                                                                           \
-    int64_t nk = 0;                                                                                                 \
-    for (int64_t i = 0; i < n; i++) {                                                                               \
-        const T *bi = b + 4 * i;                                                                                    \
-        T ai = (bi[2] - bi[0]) * (bi[3] - bi[1]);                                                                   \
-        int sup = 0;                                                                                                \
-        for (int64_t q = 0; q < nk && !sup; q++) {                                                                  \
-            int64_t j = kept[q];                                                                                    \
-            if (cls && cls[j] != cls[i]) continue;                                                                  \
-            const T *bj = b + 4 * j;                                                                                \
-            T aj = (bj[2] - bj[0]) * (bj[3] - bj[1]);                                                               \
-            sup = over_##SUFFIX(bj[0], bj[1], bj[2], bj[3], aj, bi, ai, thr);                                       \
-        }                                                                                                           \
-        keep[i] = (uint8_t)!sup;                                                                                    \
-        if (!sup) kept[nk++] = i;                                                                                   \
-    }                                                                                                               \
-    free(kept);                                                                                                     \
-    return nk;                                                                                                      \
-}                                                                                                                   \
-                                                                                                                    \
-/* Grid-indexed loop for one segment (one category): threshold >= 0 and finite coordinates.                       \
-   Each cell keeps its kept boxes in a chain of blocks of 8 (structure of arrays, unused slots zero: IoU 0 or NaN,  \
-   never above a threshold >= 0), so a block is tested without branches and the compiler can vectorise it. A kept  \
-   box sits in every cell it covers and may be tested more than once: redundant, never wrong. */                    \
-typedef struct { T x1[8], y1[8], x2[8], y2[8], area[8]; int64_t next; int count; } block_##SUFFIX;                  \
-                                                                                                                    \
-static inline int block_over_##SUFFIX(const block_##SUFFIX *k, const T *bi, T ai, T above) {                       \
-    int hit = 0;                                                                                                    \
-    for (int j = 0; j < 8; j++) {                                                                                   \
-        T xx1 = k->x1[j] > bi[0] ? k->x1[j] : bi[0];                                                                \
-        T yy1 = k->y1[j] > bi[1] ? k->y1[j] : bi[1];                                                                \
-        T xx2 = k->x2[j] < bi[2] ? k->x2[j] : bi[2];                                                                \
-        T yy2 = k->y2[j] < bi[3] ? k->y2[j] : bi[3];                                                                \
-        T w = xx2 - xx1; w = w > 0 ? w : 0;                                                                         \
-        T h = yy2 - yy1; h = h > 0 ? h : 0;                                                                         \
-        T inter = w * h;                                                                                            \
-        T ovr = inter / (k->area[j] + ai - inter);                                                                  \
-        hit |= ovr >= above;                                                                                        \
-    }                                                                                                               \
-    return hit;                                                                                                     \
-}                                                                                                                   \
-                                                                                                                    \
-static int64_t grid_##SUFFIX(const T *b, int64_t n, double thr, uint8_t *keep) {                                   \
-    double minx = INFINITY, miny = INFINITY, maxx = -INFINITY, maxy = -INFINITY, sw = 0, sh = 0;                   \
-    int64_t nv = 0;                                                                                                 \
-    for (int64_t i = 0; i < n; i++) {                                                                               \
-        const T *bi = b + 4 * i;                                                                                    \
-        if (!(bi[2] > bi[0] && bi[3] > bi[1])) continue;                                                            \
-        if (bi[0] < minx) minx = bi[0];                                                                             \
-        if (bi[1] < miny) miny = bi[1];                                                                             \
-        if (bi[2] > maxx) maxx = bi[2];                                                                             \
-        if (bi[3] > maxy) maxy = bi[3];                                                                             \
-        sw += (double)bi[2] - (double)bi[0];                                                                        \
-        sh += (double)bi[3] - (double)bi[1];                                                                        \
-        nv++;                                                                                                       \
-    }                                                                                                               \
-    if (nv == 0) { for (int64_t i = 0; i < n; i++) keep[i] = 1; return n; }                                        \
-    double cw = sw / nv, ch = sh / nv;                                                                              \
-    if (!(cw > 0)) cw = 1; if (!(ch > 0)) ch = 1;                                                                   \
-    double ex = maxx - minx, ey = maxy - miny;                                                                      \
-    int64_t gx, gy;                                                                                                 \
-    for (;;) {                                                                                                      \
-        double fx = ceil(ex / cw), fy = ceil(ey / ch);                                                              \
-        if (fx < 1) fx = 1; if (fy < 1) fy = 1;                                                                     \
-        if (fx * fy <= 4.0 * (double)nv + 16) { gx = (int64_t)fx; gy = (int64_t)fy; break; }                        \
-        cw *= 2; ch *= 2;                                                                                           \
-    }                                                                                                               \
-    const double icw = 1.0 / cw, ich = 1.0 / ch; /* x -> cell is monotone: multiplication by a positive constant */ \
-    /* IoU > thr (in double) <=> IoU >= the smallest T above thr: the test stays in T, branch-free */              \
-    T above = (T)thr;                                                                                               \
-    if ((double)above <= thr) above = NEXTAFTER(above, INFINITY);                                                   \
-    int64_t *head = (int64_t *)malloc(sizeof(int64_t) * gx * gy);                                                   \
-    int64_t *tail = (int64_t *)malloc(sizeof(int64_t) * gx * gy);                                                   \
-    int64_t cap = 256, used = 0, nk = 0;                                                                            \
-    block_##SUFFIX *blocks = (block_##SUFFIX *)malloc(sizeof(block_##SUFFIX) * cap);                                \
-    if (!head || !tail || !blocks) { free(head); free(tail); free(blocks); return -1; }                            \
-    for (int64_t c = 0; c < gx * gy; c++) head[c] = tail[c] = -1;                                                   \
-    for (int64_t i = 0; i < n; i++) {                                                                               \
-        const T *bi = b + 4 * i;                                                                                    \
-        if (!(bi[2] > bi[0] && bi[3] > bi[1])) { keep[i] = 1; nk++; continue; } /* no overlap with anything */     \
-        T ai = (bi[2] - bi[0]) * (bi[3] - bi[1]);                                                                   \
-        /* truncation is floor here: valid boxes start at or after (minx, miny) */                                  \
-        int64_t cx0 = (int64_t)(((double)bi[0] - minx) * icw), cx1 = (int64_t)(((double)bi[2] - minx) * icw);     \
-        int64_t cy0 = (int64_t)(((double)bi[1] - miny) * ich), cy1 = (int64_t)(((double)bi[3] - miny) * ich);     \
-        if (cx0 < 0) cx0 = 0; if (cy0 < 0) cy0 = 0; if (cx1 >= gx) cx1 = gx - 1; if (cy1 >= gy) cy1 = gy - 1;     \
-        int sup = 0;                                                                                                \
-        /* the middle cell first: a box's likeliest suppressor overlaps it most and so covers its middle */         \
-        int64_t mid = ((cy0 + cy1) / 2) * gx + (cx0 + cx1) / 2;                                                     \
-        for (int64_t q = head[mid]; q >= 0 && !sup; q = blocks[q].next)                                             \
-            sup = block_over_##SUFFIX(blocks + q, bi, ai, above);                                                   \
-        for (int64_t cy = cy0; cy <= cy1 && !sup; cy++)                                                             \
-            for (int64_t cx = cx0; cx <= cx1 && !sup; cx++) {                                                       \
-                if (cy * gx + cx == mid) continue;                                                                  \
-                for (int64_t q = head[cy * gx + cx]; q >= 0 && !sup; q = blocks[q].next)                            \
-                    sup = block_over_##SUFFIX(blocks + q, bi, ai, above);                                           \
-            }                                                                                                       \
-        keep[i] = (uint8_t)!sup;                                                                                    \
-        if (sup) continue;                                                                                          \
-        nk++;                                                                                                       \
-        for (int64_t cy = cy0; cy <= cy1; cy++)                                                                     \
-            for (int64_t cx = cx0; cx <= cx1; cx++) {                                                               \
-                int64_t cell = cy * gx + cx, t = tail[cell];                                                        \
-                if (t < 0 || blocks[t].count == 8) { /* append a zeroed block: lists stay in keep order */          \
-                    if (used == cap) {                                                                              \
-                        cap *= 2;                                                                                   \
-                        block_##SUFFIX *grown = (block_##SUFFIX *)realloc(blocks, sizeof(block_##SUFFIX) * cap);    \
-                        if (!grown) { free(head); free(tail); free(blocks); return -1; }                            \
-                        blocks = grown;                                                                             \
-                    }                                                                                               \
-                    memset(blocks + used, 0, sizeof(block_##SUFFIX));                                               \
-                    blocks[used].next = -1;                                                                         \
-                    if (t >= 0) blocks[t].next = used; else head[cell] = used;                                      \
-                    t = tail[cell] = used++;                                                                        \
-                }                                                                                                   \
-                block_##SUFFIX *k = blocks + t;                                                                     \
-                int j = k->count++;                                                                                 \
-                k->x1[j] = bi[0]; k->y1[j] = bi[1]; k->x2[j] = bi[2]; k->y2[j] = bi[3]; k->area[j] = ai;            \
-            }                                                                                                       \
-    }                                                                                                               \
-    free(head); free(tail); free(blocks);                                                                           \
-    return nk;                                                                                                      \
-}                                                                                                                   \
-                                                                                                                    \
-/* Boxes sorted by category then decreasing score; seg[s]..seg[s+1] is one category. Returns kept count or -1. */   \
-int64_t nms_##SUFFIX(const T *b, const int64_t *seg, int64_t nseg, double thr, uint8_t *keep) {                    \
-    int64_t n = seg[nseg], total = 0;                                                                               \
-    int finite = 1;                                                                                                 \
-    for (int64_t i = 0; i < 4 * n; i++) if (!isfinite((double)b[i])) { finite = 0; break; }                        \
-    for (int64_t s = 0; s < nseg; s++) {                                                                            \
-        int64_t lo = seg[s], m = seg[s + 1] - seg[s];                                                               \
-        int64_t r = (finite && thr >= 0) ? grid_##SUFFIX(b + 4 * lo, m, thr, keep + lo)                             \
-                                         : plain_##SUFFIX(b + 4 * lo, NULL, m, thr, keep + lo);                     \
-        if (r < 0) return -1;                                                                                       \
-        total += r;                                                                                                 \
-    }                                                                                                               \
-    return total;                                                                                                   \
-}
-
-DEFINE_NMS(f32, float, nextafterf)
-DEFINE_NMS(f64, double, nextafter)
-
-/* Soft-NMS (Bodla et al. 2017), O(N^2): take the alive box with the highest score (ties: lower index), decay the
-   others (linear: s *= 1 - IoU when IoU > iou_thr; gaussian: s *= exp(-IoU^2 / sigma)), drop those below score_thr.
-   scores is updated in place; writes the selected indices and their scores; returns how many. */
-#define DEFINE_SOFT_NMS(SUFFIX, T, EXP)                                                                            \
-int64_t soft_nms_##SUFFIX(const T *b, T *s, int64_t n, int64_t gaussian, double sigma, double iou_thr,            \
-                          double score_thr, int64_t *keep, T *kept_scores) {                                      \
-    uint8_t *alive = (uint8_t *)malloc(n > 0 ? n : 1);                                                              \
-    T *area = (T *)malloc(sizeof(T) * (n > 0 ? n : 1));                                                             \
-    if (!alive || !area) { free(alive); free(area); return -1; }                                                   \
-    for (int64_t i = 0; i < n; i++) {                                                                               \
-        alive[i] = (double)s[i] >= score_thr;                                                                       \
-        area[i] = (b[4 * i + 2] - b[4 * i]) * (b[4 * i + 3] - b[4 * i + 1]);                                       \
-    }                                                                                                               \
-    int64_t nk = 0;                                                                                                 \
-    for (;;) {                                                                                                      \
-        int64_t m = -1;                                                                                             \
-        for (int64_t i = 0; i < n; i++)                                                                             \
-            if (alive[i] && (m < 0 || s[i] > s[m])) m = i;                                                          \
-        if (m < 0) break;                                                                                           \
-        keep[nk] = m; kept_scores[nk++] = s[m]; alive[m] = 0;                                                       \
-        const T *p = b + 4 * m;                                                                                     \
-        for (int64_t i = 0; i < n; i++) {                                                                           \
-            if (!alive[i]) continue;                                                                                \
-            const T *q = b + 4 * i;                                                                                 \
-            T xx1 = p[0] > q[0] ? p[0] : q[0], yy1 = p[1] > q[1] ? p[1] : q[1];                                     \
-            T xx2 = p[2] < q[2] ? p[2] : q[2], yy2 = p[3] < q[3] ? p[3] : q[3];                                     \
-            T w = xx2 - xx1; w = w > 0 ? w : 0;                                                                     \
-            T h = yy2 - yy1; h = h > 0 ? h : 0;                                                                     \
-            T inter = w * h;                                                                                        \
-            T iou = inter / (area[m] + area[i] - inter);                                                            \
-            if (gaussian) s[i] = s[i] * EXP(-(iou * iou) / (T)sigma);                                               \
-            else if ((double)iou > iou_thr) s[i] = s[i] * (1 - iou);                                                \
-            if (!((double)s[i] >= score_thr)) alive[i] = 0;                                                         \
-        }                                                                                                           \
-    }                                                                                                               \
-    free(alive); free(area);                                                                                        \
-    return nk;                                                                                                      \
-}
-
-DEFINE_SOFT_NMS(f32, float, expf)
-DEFINE_SOFT_NMS(f64, double, exp)
-
-/* Stable descending argsort of float32 scores: LSD radix sort, 3 passes of 11 bits. Equal scores keep index order;
-   -0.0 equals 0.0; NaN (positive sign) sorts first, as in torch.sort(descending=True). Returns 0 or -1. */
-int64_t argsort_desc_f32(const float *s, int64_t n, int64_t *out) {
-    uint32_t *key = (uint32_t *)malloc(sizeof(uint32_t) * 2 * (n > 0 ? n : 1));
-    int64_t *tmp = (int64_t *)malloc(sizeof(int64_t) * (n > 0 ? n : 1));
-    if (!key || !tmp) { free(key); free(tmp); return -1; }
-    uint32_t *key2 = key + n;
-    for (int64_t i = 0; i < n; i++) {
-        union { float f; uint32_t u; } v;
-        v.f = s[i];
-        uint32_t u = v.u == 0x80000000u ? 0u : v.u;
-        u = (u & 0x80000000u) ? ~u : (u | 0x80000000u); /* ascending unsigned order == ascending float order */
-        key[i] = ~u;                                     /* descending */
-        out[i] = i;
-    }
-    uint32_t *src_k = key, *dst_k = key2;
-    int64_t *src_i = out, *dst_i = tmp;
-    for (int shift = 0; shift < 33; shift += 11) {
-        int64_t count[2049] = {0};
-        for (int64_t i = 0; i < n; i++) count[((src_k[i] >> shift) & 2047u) + 1]++;
-        for (int b = 0; b < 2048; b++) count[b + 1] += count[b];
-        for (int64_t i = 0; i < n; i++) {
-            int64_t pos = count[(src_k[i] >> shift) & 2047u]++;
-            dst_k[pos] = src_k[i];
-            dst_i[pos] = src_i[i];
-        }
-        uint32_t *tk = src_k; src_k = dst_k; dst_k = tk;
-        int64_t *ti = src_i; src_i = dst_i; dst_i = ti;
-    }
-    if (src_i != out) for (int64_t i = 0; i < n; i++) out[i] = src_i[i];
-    free(key); free(tmp);
-    return 0;
-}
-"""
-
-_VP, _I64, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-_NMS_ARGS = [_VP, _VP, _I64, _F64, _VP]
-_SOFT_NMS_ARGS = [_VP, _VP, _I64, _I64, _F64, _F64, _F64, _VP, _VP]
-_LIBRARY = CLibrary(
-    "nms",
-    _C_SOURCE,
-    {
-        "nms_f32": (_I64, _NMS_ARGS),
-        "nms_f64": (_I64, _NMS_ARGS),
-        "soft_nms_f32": (_I64, _SOFT_NMS_ARGS),
-        "soft_nms_f64": (_I64, _SOFT_NMS_ARGS),
-        "argsort_desc_f32": (_I64, [_VP, _I64, _VP]),
-    },
-    what="C NMS kernel",
-)
-
-
-def load_library() -> ctypes.CDLL | None:
-    """The compiled C kernel, building it on first use; ``None`` when it cannot be built (warns once)."""
-    return _LIBRARY.load()
-
-
-def backend_for(device: torch.device) -> str:
-    """``"c"`` or ``"torch"``: what :func:`nms` will run for tensors on ``device``.
-
-    ``"c"`` on a GPU means: copy boxes and scores to the host (one synchronisation), run the C kernel there and copy
-    the kept indices back. That is the default on CUDA too, chosen by reasoning rather than measurement (no GPU was
-    available when it was written): the kernel needs 0.06 to 3 ms on CPU for 1,000 to 20,000 boxes, and the copies of
-    ``N x 4`` floats are tens of microseconds, while torchvision's CUDA NMS also finishes its greedy pass on the host
-    after copying an ``N x N/64`` bit mask (50 MB at 20,000 boxes). ``CONVATLAS_NMS_BACKEND=torch`` selects the
-    blocked PyTorch path on the device instead; ``benchmarks/ops.py`` times both on a GPU.
-    """
-    forced = os.environ.get("CONVATLAS_NMS_BACKEND", "")
-    if forced not in ("", "c", "torch"):
-        raise ValueError(f"CONVATLAS_NMS_BACKEND must be 'c' or 'torch', got {forced!r}")
-    if forced == "torch":
-        return "torch"
-    return "c" if load_library() is not None else "torch"
+# score dtypes the float32 radix sort orders exactly
+_RADIX_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _threshold_for(dtype: torch.dtype, thr: float) -> tuple[float, bool]:
@@ -384,7 +107,7 @@ def greedy_torch(boxes: Tensor, thr: float, cls: Tensor | None = None, block: in
 
 
 def _greedy_c(boxes: Tensor, thr: float, seg: Tensor) -> Tensor:
-    lib = load_library()
+    lib = library()
     boxes = boxes.contiguous()
     keep = torch.empty(len(boxes), dtype=torch.uint8)
     fn = lib.nms_f64 if boxes.dtype == torch.float64 else lib.nms_f32
@@ -402,19 +125,19 @@ def _block_for(device: torch.device) -> int:
 
 def _order(scores: Tensor, backend: str = "torch") -> Tensor:
     """Indices that sort ``scores`` in decreasing order, ties by increasing index."""
-    if backend == "c" and scores.dtype != torch.float64:
+    if backend == "c" and scores.dtype in _RADIX_DTYPES:
         keys = scores.float().contiguous()
         order = torch.empty(len(keys), dtype=torch.int64)
-        if load_library().argsort_desc_f32(keys.data_ptr(), len(keys), order.data_ptr()) == 0:
+        if library().argsort_desc_f32(keys.data_ptr(), len(keys), order.data_ptr()) == 0:
             return order
     return torch.sort(scores, descending=True, stable=True).indices
 
 
-def nms(boxes: Tensor, scores: Tensor, thr: float, backend: str | None = None) -> Tensor:
-    """Greedy NMS on validated float32/float64 ``boxes``; see :func:`convatlas.ops.boxes.nms`."""
+def nms(boxes: Tensor, scores: Tensor, thr: float, backend: str) -> Tensor:
+    """Greedy NMS on validated float32/float64 ``boxes`` with ``backend`` ``"c"`` or ``"torch"``; see
+    :func:`convatlas.ops.boxes.nms`."""
     if len(boxes) == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    backend = backend or backend_for(boxes.device)
     if backend == "c" and boxes.device.type != "cpu":
         return nms(boxes.cpu(), scores.cpu(), thr, "c").to(boxes.device)
     order = _order(scores, backend)
@@ -427,11 +150,11 @@ def nms(boxes: Tensor, scores: Tensor, thr: float, backend: str | None = None) -
     return order[keep]
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, thr: float, backend: str | None = None) -> Tensor:
-    """Per-category greedy NMS on validated inputs; see :func:`convatlas.ops.boxes.batched_nms`."""
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, thr: float, backend: str) -> Tensor:
+    """Per-category greedy NMS on validated inputs with ``backend`` ``"c"`` or ``"torch"``; see
+    :func:`convatlas.ops.boxes.batched_nms`."""
     if len(boxes) == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    backend = backend or backend_for(boxes.device)
     if backend == "c" and boxes.device.type != "cpu":
         return batched_nms(boxes.cpu(), scores.cpu(), idxs.cpu(), thr, "c").to(boxes.device)
     order = _order(scores, backend)
@@ -448,17 +171,30 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, thr: float, backend
 
 
 def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    gaussian: bool,
+    sigma: float,
+    iou_threshold: float,
+    score_threshold: float,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS on validated ``boxes`` and ``scores`` of one float dtype (float32 or float64) with ``backend``
+    ``"c"`` (on the host) or ``"torch"``; see :func:`convatlas.ops.boxes.soft_nms`."""
+    if backend == "c":
+        keep, kept_scores = _soft_nms_c(boxes.cpu(), scores.cpu(), gaussian, sigma, iou_threshold, score_threshold)
+        return keep.to(boxes.device), kept_scores.to(boxes.device)
+    return _soft_nms_torch(boxes, scores, gaussian, sigma, iou_threshold, score_threshold)
+
+
+def _soft_nms_c(
     boxes: Tensor, scores: Tensor, gaussian: bool, sigma: float, iou_threshold: float, score_threshold: float
-) -> tuple[Tensor, Tensor] | None:
-    """Soft-NMS in the C kernel for CPU float32/float64 ``boxes`` and ``scores`` of the same dtype; ``None`` when the
-    kernel is unavailable (the caller then runs its PyTorch loop). See :func:`convatlas.ops.boxes.soft_nms`."""
-    if boxes.device.type != "cpu" or backend_for(boxes.device) != "c":
-        return None
+) -> tuple[Tensor, Tensor]:
     b = boxes.detach().contiguous()
     s = scores.detach().to(b.dtype).clone().contiguous()
     keep = torch.empty(len(b), dtype=torch.int64)
     kept_scores = torch.empty(len(b), dtype=b.dtype)
-    lib = load_library()
+    lib = library()
     fn = lib.soft_nms_f64 if b.dtype == torch.float64 else lib.soft_nms_f32
     count = fn(
         b.data_ptr(), s.data_ptr(), len(b), int(gaussian), sigma, iou_threshold, score_threshold,
@@ -467,3 +203,34 @@ def soft_nms(
     if count < 0:
         raise MemoryError(f"C soft-NMS kernel could not allocate its work arrays for {len(b)} boxes")
     return keep[:count], kept_scores[:count]
+
+
+def _soft_nms_torch(
+    boxes: Tensor, scores: Tensor, gaussian: bool, sigma: float, iou_threshold: float, score_threshold: float
+) -> tuple[Tensor, Tensor]:
+    """The same loop in PyTorch operations (any device, one host synchronisation per selected box)."""
+    b = boxes.detach()
+    s = scores.detach().clone()
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    alive = s >= score_threshold
+    keep, kept_scores = [], []
+    neg_inf = torch.tensor(float("-inf"), dtype=s.dtype, device=s.device)
+    for _ in range(len(b)):
+        masked = torch.where(alive, s, neg_inf)
+        i = int(masked.argmax())
+        if not bool(alive[i]):
+            break
+        keep.append(i)
+        kept_scores.append(s[i])
+        alive[i] = False
+        iou = _pair_iou(b, area, b[i : i + 1], area[i : i + 1])[:, 0]
+        iou = torch.where(torch.isnan(iou), torch.zeros_like(iou), iou)  # NaN: no overlap
+        if gaussian:
+            decay = torch.exp(-(iou * iou) / sigma)
+        else:
+            decay = torch.where(iou > iou_threshold, 1 - iou, torch.ones_like(iou))
+        s = torch.where(alive, s * decay, s)
+        alive &= s >= score_threshold
+    idx = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
+    out_scores = torch.stack(kept_scores) if kept_scores else s.new_zeros(0)
+    return idx, out_scores

@@ -1,8 +1,9 @@
 """Triton kernels for lightweight and dynamic convolution, forward and backward.
 
-:func:`convatlas.ops.lightweight_conv` and :func:`convatlas.ops.dynamic_conv` call these on CUDA when Triton is
-importable; the kernels receive the kernel weights already normalised (softmax and DropConnect are done by the op),
-so they compute only ``out[b, c, t] = sum_k w[h, k(, t)] * x[b, c, t + k - p]`` and its gradients.
+:func:`convatlas.ops.lightweight_conv` and :func:`convatlas.ops.dynamic_conv` call these with ``backend="triton"``
+(their default on CUDA when Triton imports); the kernels receive the kernel weights already normalised (softmax and
+DropConnect are done by the op), so they compute only ``out[b, c, t] = sum_k w[h, k(, t)] * x[b, c, t + k - p]``
+and its gradients.
 
 Layout: every tensor contiguous, ``x``/``out`` as ``[B, C, T]`` rows of length T, ``w`` as ``[H, K]`` (lightweight)
 or ``[B, H, K, T]`` (dynamic). Each program owns one tile of ``BLOCK_T`` time steps and gathers the
@@ -16,40 +17,20 @@ inputs, so the kernels can be checked against a float64 loop).
 - dynamic: one program per (batch, head, time tile) that loads its weight tile once and loops over the ``C // H``
   channels of the head, for the forward, the input gradient and the weight gradient alike.
 
-With ``TRITON_INTERPRET=1`` in the environment before Triton is imported (Triton reads it when it wraps its own
-library functions), the kernels run on CPU tensors through Triton's interpreter: that is how the tests check them.
+With ``TRITON_INTERPRET=1`` in the environment when Triton is imported, the kernels run on CPU tensors through
+Triton's interpreter (:mod:`convatlas.ops.kernels.triton_support`): that is how the tests check them.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU-only builds of torch come without Triton: the ops use their PyTorch path
-    triton = None
-    tl = None
+from convatlas.ops.kernels.triton_support import interpreting, tl, triton
 
-__all__ = ["available", "dynamic_conv_triton", "interpreting", "lightweight_conv_triton"]
+__all__ = ["dynamic_conv_triton", "lightweight_conv_triton"]
 
 BLOCK_T = 64
-
-
-def available() -> bool:
-    """Whether the kernels may be used: Triton imports and ``CONVATLAS_NO_TRITON=1`` is not set.
-
-    The ops also require CUDA tensors before choosing the kernels; the variable forces their PyTorch path.
-    """
-    return triton is not None and os.environ.get("CONVATLAS_NO_TRITON", "0") != "1"
-
-
-def interpreting() -> bool:
-    """Whether ``TRITON_INTERPRET=1`` is set: the kernels then run on CPU tensors through Triton's interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 if triton is not None:
