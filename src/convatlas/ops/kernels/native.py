@@ -1,4 +1,4 @@
-"""The C kernels (NMS, soft-NMS, RoI pool): one shared library, built when the package is installed, loaded safely.
+"""The C kernels (NMS, soft-NMS, RoI pool, selective search): one shared library, built at install, loaded safely.
 
 The sources in ``csrc/`` are plain C99 (no Python or PyTorch headers) and are called through :mod:`ctypes`. They are
 compiled into one shared library:
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("nms.c", "roi_pool.c", "version.c")
+SOURCES = ("nms.c", "roi_pool.c", "selective_search.c", "version.c")
 # -ffp-contract=off: no fused multiply-adds, so the IoU is computed exactly as written (bit-for-bit greedy NMS)
 CFLAGS = ("-O3", "-std=c99", "-fPIC", "-ffp-contract=off", "-fno-fast-math")
 EXTENSION = "_native"  # the library setup.py builds next to this file: _native<EXT_SUFFIX>
@@ -179,7 +179,7 @@ class NativeLibrary:
             if self._lib is None:
                 warnings.warn(
                     f"convatlas: the C kernels are unavailable ({self.reason}); NMS, soft-NMS and RoI pool run their "
-                    'PyTorch path (backend="torch") instead',
+                    'PyTorch path (backend="torch") and selective search its NumPy path instead',
                     RuntimeWarning,
                     stacklevel=3,
                 )
@@ -248,6 +248,11 @@ SIGNATURES = {
     "roi_pool_argmax_f64": (None, _ROI_POOL_ARGS),
     "roi_pool_backward_f32": (None, _ROI_POOL_BACKWARD_ARGS),
     "roi_pool_backward_f64": (None, _ROI_POOL_BACKWARD_ARGS),
+    "ss_felzenszwalb": (_I64, [_I64, _I64, _I64, _VP, _VP, _F64, _I64, _VP]),
+    "ss_argsort_f64": (_I64, [_I64, _VP, _VP]),
+    "ss_region_stats": (None, [_I64, _I64, _VP, _I64, _I64, _VP, _I64, _VP, _VP, _VP]),
+    "ss_adjacent_pairs": (_I64, [_I64, _I64, _VP, _I64, _VP]),
+    "ss_group": (_I64, [_I64, _I64, _I64, _I64, _I64, _VP, _VP, _VP, _I64, _VP, _I64, _F64, _VP]),
 }
 LIBRARY = NativeLibrary(SIGNATURES)
 
