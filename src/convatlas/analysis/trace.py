@@ -264,14 +264,24 @@ def shape_of(tensors: list[torch.Tensor]) -> tuple | list | None:
     return [tuple(t.shape) for t in tensors]
 
 
-def numel(module: nn.Module) -> tuple[int, int]:
-    """``(parameters, trainable parameters)`` of a module, shared tensors counted once."""
-    seen = {}
-    for p in module.parameters():
-        seen[id(p)] = p
-    total = sum(p.numel() for p in seen.values())
-    trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
-    return total, trainable
+def param_counts(model: nn.Module) -> dict[int, tuple[int, int]]:
+    """``(parameters, trainable parameters)`` of ``model`` and of every module inside it, keyed by ``id(module)``;
+    a tensor shared between modules counts once in each module that holds it. One walk over the tree (the parameter
+    sets of the children are merged upwards) instead of one walk per module."""
+    counts: dict[int, tuple[int, int]] = {}
+
+    def walk(module: nn.Module) -> dict[int, torch.Tensor]:
+        own = {id(p): p for p in module._parameters.values() if p is not None}
+        for child in module._modules.values():
+            if child is not None:
+                own.update(walk(child))
+        if id(module) not in counts:
+            total = sum(p.numel() for p in own.values())
+            counts[id(module)] = total, sum(p.numel() for p in own.values() if p.requires_grad)
+        return own
+
+    walk(model)
+    return counts
 
 
 def prod(values) -> int:
