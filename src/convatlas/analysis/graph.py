@@ -243,6 +243,7 @@ class GraphTracer(TorchDispatchMode):
         self.total_macs = 0
         self.total_other = 0
         self.notes = TraceNotes()
+        self.log: list | None = None  # the pass's events in order, when run_trace(log=True) asks for them
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def seed(self, x: torch.Tensor) -> None:
@@ -292,6 +293,11 @@ class GraphTracer(TorchDispatchMode):
             frame.other_ops += other
         if self.fields:
             self._propagate(func, args, kwargs, out)
+        if self.log is not None:
+            inputs = tuple(id(a) for a in _flat((args, kwargs)) if isinstance(a, torch.Tensor))
+            outputs = [t for t in _flat(out) if isinstance(t, torch.Tensor)]
+            self.keep.extend(outputs)  # ids stay unique while the pass runs
+            self.log.append(("op", func.overloadpacket.__name__, inputs, tuple(id(t) for t in outputs)))
         return out
 
     # -- input checks --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import sys
 from convatlas.errors import USER_ERRORS, one_line
 
 # Command groups, in the order ``convatlas --help`` lists them.
-COMMAND_MODULES = ("arith", "tour", "models", "detect", "train", "analysis")
+COMMAND_MODULES = ("arith", "tour", "models", "detect", "train", "analysis", "atlas")
 
 
 def build_parser() -> argparse.ArgumentParser:
