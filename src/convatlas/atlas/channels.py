@@ -20,6 +20,7 @@ from convatlas.atlas.draw import (
     _cell_text,
     _cells,
     _check_drawable,
+    _check_input,
     _durations,
     _grid_shape,
     _size_text,
@@ -72,6 +73,7 @@ def draw_channels(
     if isinstance(out_channels, bool) or not isinstance(out_channels, int) or not 1 <= out_channels <= 8:
         raise ValueError(f"out_channels must be an int in 1..8 to draw, got {out_channels!r}")
     kernel = W._dims("kernel", kernel, nd) if kind != "pointwise" else (1,) * nd
+    _check_input(size, 0 if kind == "pointwise" else W._dims("padding", padding, nd), kind)
     mid = in_channels * multiplier
     if kind == "pointwise":
         steps = [("pointwise", W.channel_windows(size, kernel, in_channels=in_channels, out_channels=out_channels,

@@ -150,6 +150,16 @@ def _check_drawable(grid: tuple[int, ...], frames: int, what: str) -> None:
         raise ValueError(f"{what}: {frames} frames is too many to animate (at most {MAX_FRAMES}); draw a smaller input")
 
 
+def _check_input(size: tuple[int, ...], border, what: str) -> None:
+    """Refuse a grid too large to draw before any window is computed: ``size`` plus ``border`` cells each side."""
+    border = (border,) * len(size) if isinstance(border, int) else tuple(border)
+    grid = tuple(n + 2 * b for n, b in zip(size, border, strict=True))
+    if max(grid) > MAX_GRID:
+        raise ValueError(
+            f"{what}: a grid of {'x'.join(map(str, grid))} cells is too large to draw (at most {MAX_GRID})"
+        )
+
+
 def _fmt(value: float) -> str:
     if float(value).is_integer():
         return str(int(value))
@@ -289,6 +299,7 @@ def draw_convolution(
         ValueError: the arithmetic's error when the kernel does not fit (``conv_out``), or a picture too large.
     """
     size = tuple(input_size)
+    _check_input(size, padding if isinstance(padding, int) else tuple(padding), "conv")
     win = W.conv_windows(size, kernel, stride=stride, padding=padding, dilation=dilation)
     nd = len(size)
     kernel, stride, padding, dilation = (
@@ -368,6 +379,7 @@ def draw_pooling(
     nd = len(size)
     if mode == "avg" and any(d != 1 for d in W._dims("dilation", dilation, nd)):
         raise ValueError(f"average pooling has no dilation (PyTorch's avg_pool), got dilation {dilation}")
+    _check_input(size, padding if isinstance(padding, int) else tuple(padding), "pool")
     win = W.pool_windows(size, kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
     kernel = W._dims("kernel", kernel, nd)
     stride = kernel if stride is None else W._dims("stride", stride, nd)

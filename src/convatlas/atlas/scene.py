@@ -117,7 +117,14 @@ class Scene:
 
     def gif_bytes(self) -> bytes:
         """The frames as an animated GIF that loops forever."""
-        images = [im.convert("P", palette=Image.Palette.ADAPTIVE, colors=64) for im in self.images()]
+        frames = self.images()
+        # one palette for every frame (taken from a strip of all of them), so unchanged pixels keep their index and
+        # Pillow stores each frame as the rectangle that changed
+        strip = Image.new("RGB", (frames[0].width, frames[0].height * min(len(frames), 8)))
+        for i, im in enumerate(frames[:: max(1, len(frames) // 8)][:8]):
+            strip.paste(im, (0, i * frames[0].height))
+        palette = strip.quantize(colors=96, method=Image.Quantize.MEDIANCUT)
+        images = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in frames]
         durations = self.durations or [700] * len(images)
         buffer = io.BytesIO()
         images[0].save(

@@ -27,6 +27,7 @@ from convatlas.atlas.draw import (
     _cell_text,
     _cells,
     _check_drawable,
+    _check_input,
     _durations,
     _fmt,
     _grid_shape,
@@ -84,6 +85,9 @@ def draw_transposed(
             ("dilation", dilation),
         )
     )
+    # the drawn grid: the output plus d(k-1) cells (as a convolution) or plus 2p (the uncropped scatter)
+    extra = [max(d * (k - 1), 2 * p) for d, k, p in zip(dilation, kernel, padding, strict=True)]
+    _check_input(geo.out_size, tuple((e + 1) // 2 for e in extra), "conv_transpose")
     x = w = out = None
     if values:
         x = _numbers(size, 0, 3, seed)
@@ -105,9 +109,12 @@ def draw_transposed(
             size, kernel, stride=stride, padding=padding, output_padding=output_padding, dilation=dilation
         )
         border = ", ".join(dict.fromkeys(str(b) for b in geo.border))
+        more = ", ".join(dict.fromkeys(str(a) for a in output_padding))
         extra = (
             f"as a convolution: {', '.join(dict.fromkeys(str(s - 1) for s in stride))} zero(s) inserted between "
-            f"inputs, {border} zero(s) around (d(k-1) - p), kernel turned around, stride 1",
+            f"inputs, {border} zero(s) around (d(k-1) - p)"
+            + (f" and {more} more at the end (a)" if any(output_padding) else "")
+            + ", the kernel turned around, stride 1",
         )
 
         def caption(r, now):

@@ -135,6 +135,19 @@ def _report(args: argparse.Namespace) -> int:
     from convatlas.atlas.report import build_report
 
     out = _check_out(args, (".html", ".htm"))
+    if args.screenshot:
+        from convatlas.files import check_output_file
+
+        if Path(args.screenshot).suffix.lower() != ".png":
+            raise ValueError(f"--screenshot {args.screenshot}: the extension must be .png")
+        check_output_file(args.screenshot, "--screenshot", overwrite=args.overwrite)
+        import importlib.util
+
+        from convatlas.atlas.browser import find_chromium
+
+        find_chromium()  # before the work: say now if the browser is missing
+        if importlib.util.find_spec("selenium") is None:
+            raise ValueError("--screenshot needs selenium to drive the browser: pip install selenium")
     if args.erf_samples < 0:
         raise ValueError(f"--erf-samples must be >= 0, got {args.erf_samples}")
     model, size = _model(args.model, args.input)
@@ -147,6 +160,12 @@ def _report(args: argparse.Namespace) -> int:
         f"{s.total_params:,} parameters, {s.total_macs:,} MACs, {len(report.network.spine)} blocks in "
         f"{len(report.network.stages)} stages"
     )
+    if args.screenshot:
+        from convatlas.atlas.browser import screenshot
+        from convatlas.files import atomic_write_bytes
+
+        atomic_write_bytes(args.screenshot, screenshot(out, height=args.screenshot_height))
+        print(f"wrote {args.screenshot}: the page as headless Chromium renders it")
     return 0
 
 
@@ -225,4 +244,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--erf-samples", type=int, default=8, help="random inputs of the effective field (0: no picture)")
     p.add_argument("--image", default="astronaut", help="the picture the fields are drawn on (default astronaut)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--screenshot", default=None, metavar="PNG", help="also save the page as rendered by headless "
+                   "Chromium (needs chromium, chromium-driver and selenium)")  # fmt: skip
+    p.add_argument("--screenshot-height", type=int, default=None, metavar="PX",
+                   help="height of the screenshot window (default: the whole page)")  # fmt: skip
     p.set_defaults(handler=_report)
