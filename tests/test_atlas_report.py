@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
-import tempfile
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 from PIL import Image, ImageStat
@@ -103,32 +100,13 @@ def test_existing_report_is_not_replaced(tmp_path):
 
 
 def _browser_or_skip():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver") or (
-        "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
-    )
-    if chromium is None or driver is None:
-        pytest.skip("headless chromium or chromium-driver is not installed: apt-get install chromium chromium-driver")
-    from selenium.webdriver.chrome.service import Service
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium; make test does)")
+    from convatlas.atlas.browser import open_chromium
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='convatlas-chromium-')}",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    return webdriver.Chrome(service=Service(driver), options=options)
+    try:
+        return open_chromium(logs=True)
+    except FileNotFoundError as err:
+        pytest.skip(f"headless Chromium is not installed ({err}); make test installs chromium and chromium-driver")
 
 
 @pytest.fixture(scope="module")
