@@ -84,7 +84,7 @@ def test_convolution_frames_against_torch(size, kernel, stride, padding, dilatio
         for cell, tap in window.items():
             position = tuple(c - p for c, p in zip(cell, padding, strict=True))
             if all(0 <= q < n for q, n in zip(position, size, strict=True)):
-                tap_index = W._unravel(tap, kernel)
+                tap_index = W.unravel(tap, kernel)
                 total += float(x[position] * w[tap_index])
                 columns[flat(position, size)] = float(w[tap_index])
         assert total == pytest.approx(float(reference.flatten()[r]), abs=1e-12)
@@ -198,7 +198,7 @@ def test_transposed_as_convolution_frames_against_torch(size, kernel, stride, pa
     for r, info in enumerate(drawing.frames):
         window = marked(drawing.svg(r), "input", "window")
         assert window == dict(zip(info["cells"], info["taps"], strict=True))
-        total = sum(float(x[win.source[c]] * w[W._unravel(t, kernel)]) for c, t in window.items() if c in win.source)
+        total = sum(float(x[win.source[c]] * w[W.unravel(t, kernel)]) for c, t in window.items() if c in win.source)
         assert total == pytest.approx(float(reference.flatten()[r]), abs=1e-12)
 
 
@@ -227,7 +227,7 @@ def test_transposed_scatter_frames_against_torch(size, kernel, stride, padding, 
         for cell, tap in scattered.items():
             position = tuple(c - p for c, p in zip(cell, padding_, strict=True))
             if all(0 <= q < n for q, n in zip(position, reference.shape, strict=True)):  # the rest is cropped
-                accumulated[position] += x[info["input"]] * w[W._unravel(tap, kernel)]
+                accumulated[position] += x[info["input"]] * w[W.unravel(tap, kernel)]
                 kept[flat(position, reference.shape)] = tap + 1
         # the output cells reached are the nonzero columns of row r of C (column r of C^T), taps included
         assert kept == {int(c): int(codes[r, c]) for c in torch.nonzero(codes[r]).flatten()}
@@ -280,7 +280,7 @@ def test_channel_frames_against_torch(kind, size, c_in, c_out, kernel, multiplie
                         assert channel == o // multiplier  # a depthwise output reads only its own channel
                     source = tuple(c - p for c, p in zip(cell, pad, strict=True))
                     if all(0 <= q < n for q, n in zip(source, tensor.shape[2:], strict=True)):
-                        tap_index = W._unravel(tap, weight.shape[2:])
+                        tap_index = W.unravel(tap, weight.shape[2:])
                         w_index = (o, channel % weight.shape[1], *tap_index)
                         total += float(tensor[(0, channel, *source)] * weight[w_index])
                 assert total == pytest.approx(float(reference[(o, *position)]), abs=1e-12), (step, r, o)

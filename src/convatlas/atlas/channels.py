@@ -18,7 +18,6 @@ from convatlas.atlas.draw import (
     Drawing,
     GridView,
     _cell_text,
-    _cells,
     _check_drawable,
     _check_input,
     _durations,
@@ -72,8 +71,8 @@ def draw_channels(
     out_channels = in_channels + 1 if out_channels is None else out_channels
     if isinstance(out_channels, bool) or not isinstance(out_channels, int) or not 1 <= out_channels <= 8:
         raise ValueError(f"out_channels must be an int in 1..8 to draw, got {out_channels!r}")
-    kernel = W._dims("kernel", kernel, nd) if kind != "pointwise" else (1,) * nd
-    _check_input(size, 0 if kind == "pointwise" else W._dims("padding", padding, nd), kind)
+    kernel = W.per_dim("kernel", kernel, nd) if kind != "pointwise" else (1,) * nd
+    _check_input(size, 0 if kind == "pointwise" else W.per_dim("padding", padding, nd), kind)
     mid = in_channels * multiplier
     if kind == "pointwise":
         steps = [("pointwise", W.channel_windows(size, kernel, in_channels=in_channels, out_channels=out_channels,
@@ -105,13 +104,13 @@ def draw_channels(
         f"pointwise {mid} -> {out_channels}",
     }[kind]
     # layout: one column of channel grids per tensor (input, [depthwise output], [pointwise output])
-    tensors = [("input", in_channels, first.grid, "padded" if any(p for p in W._dims("padding", padding, nd)) else "")]
+    tensors = [("input", in_channels, first.grid)]
     for step, cw in steps:
-        tensors.append((step, len(cw.reads), cw.out_size, ""))
+        tensors.append((step, len(cw.reads), cw.out_size))
     top = 46 + 16 * len(counts)
     columns = []
     x = 16.0
-    for name, channels, grid, _ in tensors:
+    for name, channels, grid in tensors:
         shape = _grid_shape(grid)
         views = []
         for c in range(channels):
@@ -124,23 +123,23 @@ def draw_channels(
     static += [Text(16, 44 + 16 * i, t, size=11, fill=MUTED) for i, t in enumerate(counts)]
     labels = {"input": f"input {in_channels}x{_size_text(size)}", "depthwise": f"depthwise out {mid} ch",
               "pointwise": f"pointwise out {out_channels} ch"}  # fmt: skip
-    for (name, _, grid, _), views in zip(tensors, columns, strict=True):
+    for (name, _, grid), views in zip(tensors, columns, strict=True):
         static.append(Text(views[0].x, top + 10, labels[name], size=11, fill=MUTED))
         for c, view in enumerate(views):
             colour = _channel_colour(name, c, kind, multiplier)
-            for cell_ in _cells(grid):
+            for cell_ in W.grid_cells(grid):
                 pad = name == "input" and not _inside(cell_, size, first.grid)
                 static.append(view.box(cell_, PAD if pad else colour, dash=pad))
     frames, infos = [], []
     for r in range(n_frames):
         shapes: list[Shape] = []
-        info = {"position": W._unravel(r, steps[-1][1].out_size)}
+        info = {"position": W.unravel(r, steps[-1][1].out_size)}
         for s, (step, cw) in enumerate(steps):
             src, dst = columns[s], columns[s + 1]
             reads = {}
             for o in range(len(cw.reads)):
                 reads[o] = cw.reads[o][r]
-                oc = W._unravel(r, cw.out_size)
+                oc = W.unravel(r, cw.out_size)
                 shapes.append(dst[o].box(oc, OUT_NOW, mark="current"))
                 for ch, gcell, _ in cw.reads[o][r]:
                     pad = s == 0 and not _inside(gcell, size, cw.grid)

@@ -130,11 +130,6 @@ def _grid_shape(size: tuple[int, ...]) -> tuple[int, int]:
     return (1, size[0]) if len(size) == 1 else (size[0], size[1])
 
 
-def _cells(size: tuple[int, ...]):
-    for index in range(math.prod(size)):
-        yield W._unravel(index, size)
-
-
 def _kind_fill(kind: int) -> tuple[str, bool]:
     return {W.REAL: (INPUT, False), W.PADDING: (PAD, True), W.INSERTED: (INSERTED, True), W.OUTSIDE: (OUTSIDE, True)}[
         kind
@@ -230,23 +225,23 @@ def _sliding(
     static.append(gin.label(f"input {_size_text(input_size)} (grid {_size_text(win.grid)})"))
     static.append(gout.label(f"output {_size_text(win.out_size)}"))
     static.append(gker.label(kernel_label))
-    for c in _cells(win.grid):
+    for c in W.grid_cells(win.grid):
         fill, dash = _kind_fill(win.kind(c))
         static.append(gin.box(c, fill, dash=dash))
         if values is not None and c in win.source:
             static.append(gin.write(c, _fmt(values[win.source[c]])))
-    for c in _cells(kernel):
+    for c in W.grid_cells(kernel):
         static.append(gker.box(c, "#f7f3e3"))
-        tap = W._ravel(c, kernel)
+        tap = W.ravel(c, kernel)
         static.append(gker.write(c, _fmt(weights[c]) if weights is not None else str(tap), size=kcell * 0.42))
     arrow_y = gout.y + min(gout.height, gin.height) / 2
     static.append(Line(gin.x + gin.width + 8, arrow_y, gout.x - 8, arrow_y, stroke=MUTED, width=1.5, arrow=True))
     frames, infos = [], []
     for r in range(n_frames):
         shapes: list[Shape] = []
-        now = W._unravel(r, win.out_size)
+        now = W.unravel(r, win.out_size)
         for done in range(math.prod(win.out_size)):
-            oc = W._unravel(done, win.out_size)
+            oc = W.unravel(done, win.out_size)
             fill = OUT_NOW if done == r else OUT_DONE if done < r else OUT_EMPTY
             mark = "current" if done == r else "done" if done < r else ""
             shapes.append(gout.box(oc, fill, mark=mark))
@@ -258,8 +253,8 @@ def _sliding(
             if values is not None and real:
                 shapes.append(gin.write(c, _fmt(values[win.source[c]]), colour="#ffffff"))
             shapes.append(gin.corner(c, str(tap), colour="#ffffff" if real else WINDOW))
-        for c in _cells(kernel):
-            tap = W._ravel(c, kernel)
+        for c in W.grid_cells(kernel):
+            tap = W.ravel(c, kernel)
             if tap in win.taps[r]:
                 shapes.append(gker.box(c, "#f2d98c", mark="tap"))
                 shapes.append(gker.write(c, _fmt(weights[c]) if weights is not None else str(tap), size=kcell * 0.42))
@@ -303,7 +298,7 @@ def draw_convolution(
     win = W.conv_windows(size, kernel, stride=stride, padding=padding, dilation=dilation)
     nd = len(size)
     kernel, stride, padding, dilation = (
-        W._dims(n, v, nd)
+        W.per_dim(n, v, nd)
         for n, v in (("kernel", kernel), ("stride", stride), ("padding", padding), ("dilation", dilation))
     )
     x = w = out = None
@@ -377,13 +372,13 @@ def draw_pooling(
         raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")
     size = tuple(input_size)
     nd = len(size)
-    if mode == "avg" and any(d != 1 for d in W._dims("dilation", dilation, nd)):
+    if mode == "avg" and any(d != 1 for d in W.per_dim("dilation", dilation, nd)):
         raise ValueError(f"average pooling has no dilation (PyTorch's avg_pool), got dilation {dilation}")
     _check_input(size, padding if isinstance(padding, int) else tuple(padding), "pool")
     win = W.pool_windows(size, kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
-    kernel = W._dims("kernel", kernel, nd)
-    stride = kernel if stride is None else W._dims("stride", stride, nd)
-    padding, dilation = W._dims("padding", padding, nd), W._dims("dilation", dilation, nd)
+    kernel = W.per_dim("kernel", kernel, nd)
+    stride = kernel if stride is None else W.per_dim("stride", stride, nd)
+    padding, dilation = W.per_dim("padding", padding, nd), W.per_dim("dilation", dilation, nd)
     x = out = None
     counted = []
     for r in range(len(win.cells)):
@@ -393,7 +388,7 @@ def draw_pooling(
         out = torch.empty(win.out_size, dtype=torch.float64)
         for r in range(len(win.cells)):
             reads = [x[p] for p, _ in win.real_cells(r)]
-            oc = W._unravel(r, win.out_size)
+            oc = W.unravel(r, win.out_size)
             out[oc] = max(reads) if mode == "max" else sum(reads) / counted[r]
     name = f"{mode}_pool{nd}d"
     title = (

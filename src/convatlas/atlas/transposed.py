@@ -25,7 +25,6 @@ from convatlas.atlas.draw import (
     Drawing,
     GridView,
     _cell_text,
-    _cells,
     _check_drawable,
     _check_input,
     _durations,
@@ -76,7 +75,7 @@ def draw_transposed(
         size, kernel, stride=stride, padding=padding, output_padding=output_padding, dilation=dilation
     )
     kernel, stride, padding, output_padding, dilation = (
-        W._dims(n, v, nd)
+        W.per_dim(n, v, nd)
         for n, v in (
             ("kernel", kernel),
             ("stride", stride),
@@ -153,7 +152,7 @@ def _dense_c(weight, out_size, in_size, stride, padding, dilation) -> torch.Tens
         weight[None, None], out_size if nd > 1 else out_size[0], stride, padding, dilation, sparse=False
     )
     full = arithmetic.conv_out_shape(out_size, weight.shape, stride=stride, padding=padding, dilation=dilation)
-    keep = [r for r in range(math.prod(full)) if all(a < n for a, n in zip(W._unravel(r, full), in_size, strict=True))]
+    keep = [r for r in range(math.prod(full)) if all(a < n for a, n in zip(W.unravel(r, full), in_size, strict=True))]
     return matrix[keep]
 
 
@@ -189,11 +188,11 @@ def _scatter(name, title, formula, size, kernel, stride, padding, output_padding
     static.append(gout.label(f"output {_size_text(geo.out_size)} (uncropped {_size_text(win.grid)})"))
     static.append(gc.label(f"C: {rows} x {cols} (output -> input convolution)", size=10))
     static.append(gct.label(f"C^T: {cols} x {rows}", size=10))
-    for c in _cells(size):
+    for c in W.grid_cells(size):
         static.append(gin.box(c, INPUT))
         if x is not None:
             static.append(gin.write(c, _fmt(x[c])))
-    for c in _cells(win.grid):
+    for c in W.grid_cells(win.grid):
         real = win.kind(c) == W.REAL
         static.append(gout.box(c, OUT_EMPTY if real else PAD, dash=not real))
     for i, j in _nonzeros(matrix):
@@ -206,7 +205,7 @@ def _scatter(name, title, formula, size, kernel, stride, padding, output_padding
     frames, infos = [], []
     reached: dict = {}
     for r in range(n_frames):
-        now = W._unravel(r, size)
+        now = W.unravel(r, size)
         shapes: list[Shape] = [gin.box(now, OUT_NOW, mark="current")]
         if x is not None:
             shapes.append(gin.write(now, _fmt(x[now]), colour="#ffffff"))

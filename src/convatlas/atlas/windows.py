@@ -84,7 +84,7 @@ def _group(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n_rows:
     return out
 
 
-def _unravel(index: int, shape: tuple[int, ...]) -> Cell:
+def unravel(index: int, shape: tuple[int, ...]) -> Cell:
     cell = []
     for n in reversed(shape):
         cell.append(index % n)
@@ -92,7 +92,7 @@ def _unravel(index: int, shape: tuple[int, ...]) -> Cell:
     return tuple(reversed(cell))
 
 
-def _ravel(cell: Cell, shape: tuple[int, ...]) -> int:
+def ravel(cell: Cell, shape: tuple[int, ...]) -> int:
     index = 0
     for c, n in zip(cell, shape, strict=True):
         index = index * n + c
@@ -120,29 +120,29 @@ def _windows(kernel, grid, out_size, kind, source, *, dilation, stride=None, fli
     rows, cols, values = matrix_rows(codes, grid, stride=stride, padding=0, dilation=dilation)
     n_out = math.prod(out_size)
     full = arithmetic.conv_out_shape(grid, kernel, stride=stride, dilation=dilation)
-    keep = [r for r in range(math.prod(full)) if all(i < o for i, o in zip(_unravel(r, full), out_size, strict=True))]
+    keep = [r for r in range(math.prod(full)) if all(i < o for i, o in zip(unravel(r, full), out_size, strict=True))]
     grouped = _group(rows, cols, values, math.prod(full))
     cells, taps = [], []
     for r in keep:
         pairs = sorted(grouped[r], key=lambda cv: cv[1])
-        cells.append(tuple(_unravel(c, grid) for c, _ in pairs))
+        cells.append(tuple(unravel(c, grid) for c, _ in pairs))
         taps.append(tuple(v - 1 for _, v in pairs))
     assert len(cells) == n_out
     kinds = _nested(grid, kind)
     sources = {}
-    for cell in _cells(grid):
+    for cell in grid_cells(grid):
         position = source(cell)
         if position is not None:
             sources[cell] = position
     return Windows(tuple(grid), kinds, tuple(out_size), tuple(cells), tuple(taps), sources)
 
 
-def _cells(shape: tuple[int, ...]):
+def grid_cells(shape: tuple[int, ...]):
     for index in range(math.prod(shape)):
-        yield _unravel(index, shape)
+        yield unravel(index, shape)
 
 
-def _dims(name: str, value, nd: int) -> tuple[int, ...]:
+def per_dim(name: str, value, nd: int) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         return (value,) * nd
     value = tuple(value)
@@ -164,7 +164,7 @@ def conv_windows(input_size, kernel, *, stride=1, padding=0, dilation=1) -> Wind
     size = tuple(input_size)
     nd = len(size)
     kernel, stride, padding, dilation = (
-        _dims(n, v, nd)
+        per_dim(n, v, nd)
         for n, v in (("kernel", kernel), ("stride", stride), ("padding", padding), ("dilation", dilation))
     )
     out = tuple(
@@ -196,9 +196,9 @@ def pool_windows(input_size, kernel, *, stride=None, padding=0, dilation=1, ceil
     """
     size = tuple(input_size)
     nd = len(size)
-    kernel = _dims("kernel", kernel, nd)
-    stride = kernel if stride is None else _dims("stride", stride, nd)
-    padding, dilation = _dims("padding", padding, nd), _dims("dilation", dilation, nd)
+    kernel = per_dim("kernel", kernel, nd)
+    stride = kernel if stride is None else per_dim("stride", stride, nd)
+    padding, dilation = per_dim("padding", padding, nd), per_dim("dilation", dilation, nd)
     out = tuple(
         arithmetic.pool_out(n, k, stride=s, padding=p, dilation=d, ceil_mode=ceil_mode)
         for n, k, s, p, d in zip(size, kernel, stride, padding, dilation, strict=True)
@@ -246,7 +246,7 @@ def transposed_geometry(input_size, kernel, *, stride=1, padding=0, output_paddi
     size = tuple(input_size)
     nd = len(size)
     kernel, stride, padding, output_padding, dilation = (
-        _dims(n, v, nd)
+        per_dim(n, v, nd)
         for n, v in (
             ("kernel", kernel),
             ("stride", stride),
@@ -276,7 +276,11 @@ def transposed_as_convolution(input_size, kernel, *, stride=1, padding=0, output
     geo = transposed_geometry(
         size, kernel, stride=stride, padding=padding, output_padding=output_padding, dilation=dilation
     )
-    kernel, stride, dilation = _dims("kernel", kernel, nd), _dims("stride", stride, nd), _dims("dilation", dilation, nd)
+    kernel, stride, dilation = (
+        per_dim("kernel", kernel, nd),
+        per_dim("stride", stride, nd),
+        per_dim("dilation", dilation, nd),
+    )
     grid = tuple(o + d * (k - 1) for o, d, k in zip(geo.out_size, dilation, kernel, strict=True))
 
     def stretched_index(cell):
@@ -322,7 +326,7 @@ def transposed_scatter(input_size, kernel, *, stride=1, padding=0, output_paddin
         size, kernel, stride=stride, padding=padding, output_padding=output_padding, dilation=dilation
     )
     kernel, stride, padding, dilation = (
-        _dims(n, v, nd)
+        per_dim(n, v, nd)
         for n, v in (("kernel", kernel), ("stride", stride), ("padding", padding), ("dilation", dilation))
     )
     uncropped = tuple(o + 2 * p for o, p in zip(geo.out_size, padding, strict=True))
@@ -347,7 +351,7 @@ def transposed_scatter(input_size, kernel, *, stride=1, padding=0, output_paddin
     keep = {
         r: i
         for i, r in enumerate(
-            r for r in range(math.prod(full)) if all(a < n for a, n in zip(_unravel(r, full), size, strict=True))
+            r for r in range(math.prod(full)) if all(a < n for a, n in zip(unravel(r, full), size, strict=True))
         )
     }
     matrix = torch.zeros(math.prod(size), math.prod(geo.out_size), dtype=torch.float64)
@@ -385,7 +389,7 @@ def channel_windows(
     size = tuple(input_size)
     nd = len(size)
     kernel, stride, padding, dilation = (
-        _dims(n, v, nd)
+        per_dim(n, v, nd)
         for n, v in (("kernel", kernel), ("stride", stride), ("padding", padding), ("dilation", dilation))
     )
     arithmetic.conv_params(in_channels, out_channels, kernel, groups=groups)  # checks the channel arithmetic
@@ -400,5 +404,5 @@ def channel_windows(
     reads = [[[] for _ in range(n_pos)] for _ in range(out_channels)]
     plane = math.prod(grid)
     for r, c, v in zip(rows.tolist(), cols.tolist(), values.tolist(), strict=True):
-        reads[r // n_pos][r % n_pos].append((c // plane, _unravel(c % plane, grid), round(v) - 1))
+        reads[r // n_pos][r % n_pos].append((c // plane, unravel(c % plane, grid), round(v) - 1))
     return ChannelWindows(grid, out, tuple(tuple(tuple(x) for x in per) for per in reads))
