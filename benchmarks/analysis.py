@@ -14,6 +14,8 @@ device of the model does not matter to it; torchinfo runs a real forward pass, o
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -42,6 +44,17 @@ def _time(fn: Callable[[], object], repeat: int, cuda: bool) -> tuple[float, flo
     return statistics.median(cpu), statistics.median(wall)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -63,6 +76,7 @@ def main() -> None:
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, torchinfo {torchinfo.__version__}, "
         f"threads {args.threads}, device {args.device}, repeat {args.repeat} (median)"
     )
+    print(f"machine: {_cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start")
     print(f"{'model':28s} {'ours (s)':>10s} {'torchinfo (s)':>14s} {'ratio':>7s}   wall: ours / torchinfo")
     for name, model in models.items():
         model = model.to(args.device)
@@ -87,6 +101,7 @@ def main() -> None:
             f"{'':28s} MACs {table.total_macs / 1e9:.3f} G, params {table.total_params:,}, "
             f"receptive field {field.size[0]} at {field.layer!r}"
         )
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ class EffectiveField:
     Attributes:
         heatmap (Tensor[H, W]): mean ``|d y_centre / d x|`` over samples, summed over input channels.
         layer: module path of the feature map.
-        unit: the centre position along the map's spatial dimensions.
+        unit: the position on the map's spatial dimensions whose gradient this is (by default the centre).
         theoretical: per spatial dimension, ``(first, last)`` input positions the unit reads (the theoretical field,
             clipped to the input).
         theoretical_size: boundary-free theoretical field size per dimension.
@@ -51,8 +51,9 @@ def effective_receptive_field(
     layer: str | None = None,
     samples: int = 8,
     seed: int = 0,
+    unit: tuple[int, ...] | None = None,
 ) -> EffectiveField:
-    """Mean absolute input gradient of the centre unit of a feature map (Luo et al. 2016).
+    """Mean absolute input gradient of one unit of a feature map, by default its centre (Luo et al. 2016).
 
     Args:
         model: an image model taking ``Tensor[N, C, H, W]`` (or ``Tensor[N, C, L]``).
@@ -60,6 +61,7 @@ def effective_receptive_field(
         layer: module path of the feature map; by default the one :func:`receptive_field` picks.
         samples: random inputs ``x ~ N(0, 1)`` averaged over.
         seed: seed of the inputs.
+        unit: the position on the feature map's spatial dimensions; by default the centre (``L // 2`` each).
 
     Returns:
         An :class:`EffectiveField`.
@@ -76,7 +78,12 @@ def effective_receptive_field(
     if fields is None or any(f.dim is None for f in fields):
         raise ValueError(f"layer {call.path!r}: its output is not a spatial map, so it has no centre unit")
     shape = call.outputs[0].shape
-    unit = tuple(int(shape[f.dim]) // 2 for f in fields)
+    map_size = tuple(int(shape[f.dim]) for f in fields)
+    if unit is None:
+        unit = tuple(n // 2 for n in map_size)
+    unit = tuple(unit)
+    if len(unit) != len(map_size) or not all(0 <= u < n for u, n in zip(unit, map_size, strict=True)):
+        raise ValueError(f"unit {unit} is not a position of the feature map {call.path!r} of size {map_size}")
     theoretical = [(int(f.rlo[u]), int(f.rhi[u])) for f, u in zip(fields, unit, strict=True)]
 
     modules = dict(model.named_modules())

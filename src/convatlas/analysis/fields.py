@@ -160,6 +160,12 @@ def merge(states: list[tuple[State, tuple[int, ...]]], out_shape: tuple[int, ...
     merged exactly this way (the field of each output position is the union of the fields of what it reads), and a
     note records that the Distill form no longer holds.
     """
+    if all(tuple(shape) == tuple(out_shape) for _, shape in states):
+        if len(states) == 1:  # nothing to broadcast or unite (a constant operand such as a layer scale)
+            return states[0][0]
+        fast = _merge_aligned([state for state, _ in states])
+        if fast is not None:
+            return fast
     merged: State = {}
     ndim = len(out_shape)
     for k in states[0][0]:
@@ -199,6 +205,22 @@ def merge(states: list[tuple[State, tuple[int, ...]]], out_shape: tuple[int, ...
     return merged
 
 
+def _merge_aligned(states: list[State]) -> State | None:
+    """:func:`merge` of operands of the output's shape whose spans lie along the same dimension with the same jump
+    (a residual addition): the position-by-position union directly; ``None`` when they do not line up."""
+    merged: State = {}
+    for k, first in states[0].items():
+        spans = [state[k] for state in states]
+        if any(span.dim != first.dim or span.jump != first.jump for span in spans):
+            return None
+        lo, hi, rlo, rhi = first.lo, first.hi, first.rlo, first.rhi
+        for span in spans[1:]:
+            lo, hi = np.minimum(lo, span.lo), np.maximum(hi, span.hi)
+            rlo, rhi = np.minimum(rlo, span.rlo), np.maximum(rhi, span.rhi)
+        merged[k] = Span(first.dim, lo, hi, first.jump, rlo, rhi)
+    return merged
+
+
 def relabel(state: State, mapping: dict[int, int | None]) -> State:
     """Move spans to new tensor dimensions; a dimension mapped to ``None`` is reduced (its union)."""
     out: State = {}
@@ -227,6 +249,10 @@ def view_state(state: State, in_shape: tuple[int, ...], out_shape: tuple[int, ..
             out[k] = span if span.dim is None else span.union()
             continue
         a, length = span.dim, in_shape[span.dim]
+        same = [b for b in range(len(out_shape)) if out_shape[b] == length and out_strides[b] == in_strides[a]]
+        if same and any(np.any(arr[1:] != arr[:-1]) for arr in (span.lo, span.hi, span.rlo, span.rhi)):
+            out[k] = span.moved(same[0])  # the dimension survives whole (unsqueeze, flatten of other dimensions)
+            continue
         block = (in_strides[a], in_strides[a] * length)
         touched = [
             b

@@ -164,6 +164,23 @@ _FAST_POINTWISE = {
 }  # fmt: skip
 
 
+def _meta_like(x: torch.Tensor) -> torch.Tensor:
+    """``torch.empty_like(x)`` on the meta device: a dense tensor keeps its strides (channels-last, permuted), as
+    ``empty_like`` does; ``empty_strided`` is a C++ call where ``empty_like`` on meta runs Python reference code."""
+    order = sorted(range(x.dim()), key=lambda d: x.stride(d))
+    expected = 1
+    for d in order:  # dense and non-overlapping: the strides, smallest first, are the running products of the sizes
+        if x.shape[d] != 1 and x.stride(d) != expected:
+            return torch.empty_like(x)
+        expected *= x.shape[d]
+    return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+
+
+def _meta_empty(x: torch.Tensor, shape) -> torch.Tensor:
+    """``x.new_empty(shape)`` (contiguous) through the C++ ``empty`` of the meta device."""
+    return torch.empty(shape, dtype=x.dtype, device=x.device)
+
+
 def _fast_meta(func, args, kwargs):
     """Output of a few frequent operators on the ``meta`` device from their shapes alone, or ``None``.
 
@@ -188,23 +205,23 @@ def _fast_meta(func, args, kwargs):
         shape = torch.broadcast_shapes(*(t.shape for t in tensors))
         if func.overloadpacket.__name__.endswith("_"):
             return x if shape == x.shape else None
-        return torch.empty_like(x) if shape == x.shape else x.new_empty(shape)
+        return _meta_like(x) if shape == x.shape else _meta_empty(x, shape)
     if func is aten.native_layer_norm.default:
         axis = x.dim() - len(args[1])
         stats_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        stats = x.new_empty(tuple(x.shape[:axis]) + (1,) * len(args[1]), dtype=stats_dtype)
-        return torch.empty_like(x), stats, torch.empty_like(stats)
+        stats = torch.empty(tuple(x.shape[:axis]) + (1,) * len(args[1]), dtype=stats_dtype, device=x.device)
+        return _meta_like(x), stats, _meta_empty(stats, stats.shape)
     if func is aten.convolution.default and not args[6] and x.dim() >= 3:  # not transposed
         w, stride, padding, dilation = args[1], args[3], args[4], args[5]
         spatial = [
             (n + 2 * p - d * (k - 1) - 1) // s + 1
             for n, k, s, p, d in zip(x.shape[2:], w.shape[2:], stride, padding, dilation, strict=True)
         ]
-        return x.new_empty((x.shape[0], w.shape[0], *spatial))
+        return _meta_empty(x, (x.shape[0], w.shape[0], *spatial))
     if func in (aten.addmm.default, aten.mm.default) and not kwargs:
         a, b = (args[1], args[2]) if func is aten.addmm.default else (args[0], args[1])
         if a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0] and a.dtype == b.dtype:
-            return a.new_empty((a.shape[0], b.shape[1]))
+            return _meta_empty(a, (a.shape[0], b.shape[1]))
     return None
 
 
@@ -226,6 +243,7 @@ class GraphTracer(TorchDispatchMode):
         self.total_macs = 0
         self.total_other = 0
         self.notes = TraceNotes()
+        self.log: list | None = None  # the pass's events in order, when run_trace(log=True) asks for them
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def seed(self, x: torch.Tensor) -> None:
@@ -275,6 +293,11 @@ class GraphTracer(TorchDispatchMode):
             frame.other_ops += other
         if self.fields:
             self._propagate(func, args, kwargs, out)
+        if self.log is not None:
+            inputs = tuple(id(a) for a in _flat((args, kwargs)) if isinstance(a, torch.Tensor))
+            outputs = [t for t in _flat(out) if isinstance(t, torch.Tensor)]
+            self.keep.extend(outputs)  # ids stay unique while the pass runs
+            self.log.append(("op", func.overloadpacket.__name__, inputs, tuple(id(t) for t in outputs)))
         return out
 
     # -- input checks --------------------------------------------------------------------------------------------

@@ -90,13 +90,16 @@ def pick_call(calls: list[Call], lengths: list[int], layer: str | None) -> Call:
 
             raise ValueError(f"layer {layer!r} is not a module of this model{close_matches(layer, paths)}")
         return matching[-1]
-    spatial = [c for c in done if c.outputs and _is_spatial(summarise(c.state, lengths))]
-    wide = [c for c in spatial if any(c.outputs[0].shape[f.dim] > 1 for f in summarise(c.state, lengths))]
-    if wide:
-        return wide[-1]
-    if spatial:
-        return spatial[-1]
-    return done[-1]
+    # the last call is the usual answer: look from the end, summarising each state once
+    last_spatial = None
+    for c in reversed(done):
+        fields = summarise(c.state, lengths) if c.outputs else None
+        if not _is_spatial(fields):
+            continue
+        if any(c.outputs[0].shape[f.dim] > 1 for f in fields):
+            return c
+        last_spatial = last_spatial or c
+    return last_spatial or done[-1]
 
 
 def _from_fields(fields: tuple[DimField, ...], method: str, layer: str, shape, notes) -> ReceptiveField:

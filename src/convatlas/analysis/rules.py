@@ -38,7 +38,9 @@ class _Aten:
     """``torch.ops.aten`` for the rule tables, tolerant of operators added after PyTorch 2.4 (``_safe_softmax``)."""
 
     def __getattr__(self, name: str):
-        return getattr(torch.ops.aten, name, None) or _Missing(name)
+        packet = getattr(torch.ops.aten, name, None) or _Missing(name)
+        setattr(self, name, packet)  # looked up once: the rules ask for operators on every call
+        return packet
 
 
 aten = _Aten()

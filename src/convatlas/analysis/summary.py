@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from convatlas.analysis.receptive import _is_spatial
-from convatlas.analysis.trace import DimField, activation_bytes, numel, run_trace, shape_of, summarise
+from convatlas.analysis.trace import DimField, activation_bytes, param_counts, run_trace, shape_of, summarise
 
 
 @dataclass
@@ -252,6 +252,7 @@ def summary(
         raise ValueError(f"depth must be a positive int or None, got {depth!r}")
     trace = run_trace(model, input_size, dtype=dtype)
     lengths = list(trace.tracer.spatial.values())
+    counts = param_counts(model)
     rows = []
     leaf_bytes = 0
     seen_modules = set()
@@ -264,7 +265,7 @@ def summary(
             continue
         first_call = id(call.module) not in seen_modules
         seen_modules.add(id(call.module))
-        params, trainable = numel(call.module) if first_call else (0, 0)
+        params, trainable = counts[id(call.module)] if first_call else (0, 0)
         size, jump, start, is_global = _rf_columns(summarise(call.state, lengths))
         rows.append(
             Row(
@@ -283,7 +284,7 @@ def summary(
                 activation_bytes=activation_bytes(call.outputs),
             )
         )
-    total, trainable = numel(model)
+    total, trainable = counts[id(model)]
     notes = list(trace.tracer.notes.messages)
     notes += [
         f"no receptive-field rule for {op} (first in {where})" for op, where in trace.tracer.notes.unsupported.items()

@@ -31,6 +31,7 @@ class Call:
     macs: int = 0
     other_ops: int = 0
     order: int = 0  # completion order
+    index: int = 0  # position in the list of calls
 
 
 @dataclass
@@ -112,6 +113,7 @@ def run_trace(
     dtype: torch.dtype | None = None,
     fields: bool = True,
     device: str | None = None,
+    log: bool = False,
 ) -> Trace:
     """One forward pass at batch size 1 under the tracer, in eval mode and without gradients.
 
@@ -121,6 +123,10 @@ def run_trace(
         dtype: input dtype; by default float32 (int64 token ids for a 1-d input to a model with an embedding).
         fields: propagate receptive fields.
         device: ``"meta"`` or a real device; by default meta, falling back to the model's device.
+        log: keep the pass's events in order in ``trace.tracer.log`` (the data flow between module calls):
+            ``("call", i, input ids)`` when module call ``i`` (an index into ``trace.calls``) starts,
+            ``("op", name, input ids, output ids)`` for each operator, ``("return", i, output ids)`` when it ends;
+            ids are ``id()`` of the tensors, which the tracer keeps alive for the whole pass.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
@@ -132,20 +138,28 @@ def run_trace(
     dtype = input_dtype(model, size, dtype)
     if device is None:
         try:
-            return _run(model, size, dtype, fields, "meta")
+            return _run(model, size, dtype, fields, "meta", log)
         except (RuntimeError, NotImplementedError):
             device = str(_model_device(model))
-    return _run(model, size, dtype, fields, device)
+    return _run(model, size, dtype, fields, device, log)
 
 
-def _run(model: nn.Module, size, dtype, fields: bool, device: str) -> Trace:
+def _tensor_ids(value) -> tuple[int, ...]:
+    return tuple(id(t) for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor))
+
+
+def _run(model: nn.Module, size, dtype, fields: bool, device: str, log: bool = False) -> Trace:
     tracer = GraphTracer(spatial_dims(size), fields=fields)
+    if log:
+        tracer.log = []
     calls: list[Call] = []
     open_calls: list[Call] = []
     completed = [0]
 
     def pre_hook(module, args, path=""):
-        call = Call(path, module, path.count(".") + 1 if path else 0)
+        call = Call(path, module, path.count(".") + 1 if path else 0, index=len(calls))
+        if tracer.log is not None:
+            tracer.log.append(("call", len(calls), _tensor_ids(args)))
         calls.append(call)
         open_calls.append(call)
         tracer.stack.append(Frame(path, module))
@@ -159,6 +173,8 @@ def _run(model: nn.Module, size, dtype, fields: bool, device: str) -> Trace:
         call.state = tracer.state(call.outputs[0]) if call.outputs else None
         completed[0] += 1
         call.order = completed[0]
+        if tracer.log is not None:
+            tracer.log.append(("return", call.index, tuple(id(t) for t in call.outputs)))
 
     handles = []
     for path, module in model.named_modules():
@@ -264,14 +280,24 @@ def shape_of(tensors: list[torch.Tensor]) -> tuple | list | None:
     return [tuple(t.shape) for t in tensors]
 
 
-def numel(module: nn.Module) -> tuple[int, int]:
-    """``(parameters, trainable parameters)`` of a module, shared tensors counted once."""
-    seen = {}
-    for p in module.parameters():
-        seen[id(p)] = p
-    total = sum(p.numel() for p in seen.values())
-    trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
-    return total, trainable
+def param_counts(model: nn.Module) -> dict[int, tuple[int, int]]:
+    """``(parameters, trainable parameters)`` of ``model`` and of every module inside it, keyed by ``id(module)``;
+    a tensor shared between modules counts once in each module that holds it. One walk over the tree (the parameter
+    sets of the children are merged upwards) instead of one walk per module."""
+    counts: dict[int, tuple[int, int]] = {}
+
+    def walk(module: nn.Module) -> dict[int, torch.Tensor]:
+        own = {id(p): p for p in module._parameters.values() if p is not None}
+        for child in module._modules.values():
+            if child is not None:
+                own.update(walk(child))
+        if id(module) not in counts:
+            total = sum(p.numel() for p in own.values())
+            counts[id(module)] = total, sum(p.numel() for p in own.values() if p.requires_grad)
+        return own
+
+    walk(model)
+    return counts
 
 
 def prod(values) -> int:

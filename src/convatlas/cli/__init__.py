@@ -17,7 +17,7 @@ from typing import NoReturn
 from convatlas.errors import is_user_error, one_line
 
 # Command groups, in the order ``convatlas --help`` lists them.
-COMMAND_MODULES = ("arith", "tour", "models", "detect", "train", "analysis")
+COMMAND_MODULES = ("arith", "tour", "models", "detect", "train", "analysis", "atlas")
 # Integers given on the command line stay below this, so that every product the commands print stays printable.
 MAX_INT = 10**100
 
