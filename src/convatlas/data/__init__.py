@@ -64,7 +64,8 @@ class Subset(Dataset):
         n = min(int(n), total)
         self.indices = torch.arange(n, dtype=torch.int64) * total // n
         for name in ("task", "num_classes", "in_channels", "classes", "mean", "std"):
-            setattr(self, name, getattr(dataset, name))
+            if hasattr(dataset, name):  # detection and text sets carry only some of them
+                setattr(self, name, getattr(dataset, name))
         if hasattr(dataset, "get_batch"):
             self.get_batch = lambda indices: dataset.get_batch(self.indices[indices])
 

@@ -183,7 +183,7 @@ class ScenesDetection(Dataset):
 
 def build_detection_dataset(spec: str, split: str, *, num_images: int | None = None, canvas: int = 96,
                             seed: int = 0) -> Dataset:  # fmt: skip
-    """A detection dataset from a spec: ``fashion-scenes``, ``coco:DIR`` or ``voc:DIR``.
+    """A detection dataset from a spec: ``fashion-scenes[:key=value,...]``, ``coco:DIR`` or ``voc:DIR``.
 
     ``coco:DIR`` reads ``DIR/annotations/instances_{split}.json`` (or ``DIR/{split}.json``) with images in
     ``DIR/{split}`` (or ``DIR/images``, or ``DIR``); ``voc:DIR`` is :class:`VOCDetection` with ``split``
@@ -196,10 +196,16 @@ def build_detection_dataset(spec: str, split: str, *, num_images: int | None = N
         canvas: for ``fashion-scenes``, the scene side in pixels.
         seed: for ``fashion-scenes``, the generator seed.
     """
-    if spec == "fashion-scenes":
-        n = num_images or (1000 if split == "train" else 200)
-        return ScenesDetection(split, num_images=n, canvas=canvas, seed=seed)
     kind, _, folder = spec.partition(":")
+    if kind == "fashion-scenes":  # fashion-scenes[:num_images=N,canvas=S,seed=K,max_items=M]
+        from convatlas.data import _scenes_options
+
+        options = {"num_images": num_images or (1000 if split == "train" else 200), "canvas": canvas, "seed": seed}
+        for key, value in _scenes_options(folder).items():
+            if key not in options and key != "max_items":
+                raise ValueError(f"--data {spec}: option {key!r} does not apply to detection scenes")
+            options[key] = value
+        return ScenesDetection(split, **options)
     if kind == "coco" and folder:
         root = Path(folder)
         candidates = [root / "annotations" / f"instances_{split}.json", root / f"{split}.json"]
