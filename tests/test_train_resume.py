@@ -158,7 +158,7 @@ def test_a_second_process_is_kept_out_of_a_live_run_folder(tmp_path):
     assert (out / ".convatlas.lock").read_text().strip() != "4242"
 
 
-def test_resume_with_more_epochs_extends_the_run_and_its_schedule(tmp_path):
+def test_resume_with_more_epochs_extends_the_run_and_its_schedule_and_cleans_stale_temporaries(tmp_path):
     from convatlas.train import fit, read_record, run_config
     from convatlas.train.optim import lr_factor
     from tiny_runs import tiny_config
@@ -166,8 +166,11 @@ def test_resume_with_more_epochs_extends_the_run_and_its_schedule(tmp_path):
     config = tiny_config("classification", tmp_path / "run", epochs=1, warmup_epochs=0.0)
     fit(config)
     assert read_record(config.out, "last")[0].optimizer["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    stale = Path(config.out) / ".last.tmp999999999.json"  # left by a writer that was killed (no such pid)
+    stale.write_text("{")
     longer = dataclasses.replace(run_config(config.out), epochs=3, save_every=1)
     result = fit(longer, resume=True)
+    assert not stale.exists()
     assert result.epochs == 3 and result.global_step == 12
     epochs = _epochs(Path(config.out))
     assert [r["epoch"] for r in epochs] == [1, 2, 3]

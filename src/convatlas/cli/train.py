@@ -194,19 +194,21 @@ def _evaluate(args) -> int:
     _check_positive("--limit", args.limit)
     if args.json:
         check_output_file(args.json, "--json", overwrite=args.overwrite)
-    metrics, record = evaluate_checkpoint(args.checkpoint, tag=args.which, split=args.split, data=args.data,
-                                          limit=args.limit, batch_size=args.batch_size, device=args.device)  # fmt: skip
-    data = args.data or record.config["data"]
-    where = f"fold {record.fold} " if record.fold else ""
-    print(
-        f"{record.model.name} ({where}epoch {record.progress.epoch}) on {data} {args.split}: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and k in ("loss", "acc", "miou"))
-    )
+    found = evaluate_checkpoint(args.checkpoint, tag=args.which, split=args.split, data=args.data, limit=args.limit,
+                                batch_size=args.batch_size, device=args.device)  # fmt: skip
+    record, metrics = found.record, found.metrics
+    where = f"fold {record.fold}, " if record.fold else ""
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("loss", "acc", "miou") and v is not None)
+    print(f"{record.model.name} ({where}epoch {record.progress.epoch}) on {found.data} {args.split} ({found.items} "
+          f"items)" + (f": {shown}" if shown else ""))  # fmt: skip
+    if record.task == "classification" and found.confusion is not None:
+        recall = found.confusion.diag().double() / found.confusion.sum(1).clamp(min=1)
+        print("per class: " + ", ".join(f"{name} {r:.3f}" for name, r in zip(record.classes, recall, strict=True)))
     for line in metric_lines(record.task, args.split, metrics):
         print(line)
     if args.json:
-        atomic_write_json(args.json, {"checkpoint": str(args.checkpoint), "split": args.split, "data": data,
-                                      "metrics": metrics})  # fmt: skip
+        atomic_write_json(args.json, {"checkpoint": str(args.checkpoint), "split": args.split, "data": found.data,
+                                      "items": found.items, "metrics": metrics})  # fmt: skip
         print(f"wrote {args.json}")
     return 0
 

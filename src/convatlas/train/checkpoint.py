@@ -244,7 +244,7 @@ def resolve_checkpoint(path: str | os.PathLike, tag: str | None = None) -> Path:
     wanted = f"{tag}.json" if tag else "best.json or last.json"
     if (path / "cv_results.json").is_file():
         raise CheckpointError(f"checkpoint {path}: a cross-validation folder; give one of its fold-NN folders")
-    raise CheckpointError(f"checkpoint {path}: no {wanted} in this folder (is it a `convatlas train --out` folder?)")
+    raise CheckpointError(f"checkpoint {path}: no {wanted} in this folder (is it a training run folder?)")
 
 
 def read_record(path: str | os.PathLike, tag: str | None = None) -> tuple[CheckpointRecord, Path]:

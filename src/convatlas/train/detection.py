@@ -108,6 +108,7 @@ class DetectionTask(Task):
     select = "test_voc_map50"
     shown = ("voc_map50", "coco_ap")
     shown_train = ("loss",)
+    unused_parameters = True  # the backbone's classifier head and unused stages
 
     def __init__(self, config) -> None:
         super().__init__(config)

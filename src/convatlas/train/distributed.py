@@ -51,10 +51,7 @@ def setup(device: str = "auto") -> DistInfo:
     Raises:
         ConfigError: (field ``device``) for a device this machine does not have.
     """
-    try:
-        chosen = resolve_device(device, "device")
-    except ValueError as err:
-        raise ConfigError("device", str(err).removeprefix("device ")) from None
+    chosen = resolve(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo(device=chosen)
@@ -67,6 +64,18 @@ def setup(device: str = "auto") -> DistInfo:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=target, owner=owner)
+
+
+def resolve(device: str) -> torch.device:
+    """:func:`convatlas.utils.resolve_device` for the ``device`` field.
+
+    Raises:
+        ConfigError: (field ``device``) for a device this machine does not have.
+    """
+    try:
+        return resolve_device(device, "device")
+    except ValueError as err:
+        raise ConfigError("device", str(err).removeprefix("device ")) from None
 
 
 def cleanup(info: DistInfo) -> None:

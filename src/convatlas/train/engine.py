@@ -39,7 +39,7 @@ from convatlas.train.config import CHANGEABLE_ON_RESUME, ConfigError, TrainConfi
 from convatlas.train.metrics import MetricsLog
 from convatlas.train.optim import amp_dtype, build_optimizer, build_scheduler, sync_learning_rate
 from convatlas.train.plots import plot_curves
-from convatlas.train.runfolder import RunFolder, StopSignals
+from convatlas.train.runfolder import RunFolder, StopSignals, hold
 from convatlas.train.task import Task, build_task
 
 LABELS = {"miou": "mIoU", "voc_map50": "mAP@0.5", "coco_ap": "COCO mAP"}
@@ -140,7 +140,10 @@ def fit(config: TrainConfig, task: Task | None = None, *, resume: bool = False, 
         info = dist_utils.setup(config.device)
         try:
             run = _Run(config, task or build_task(config), info)
-            with _folder_lock(folder, info, resume=resume, overwrite=overwrite), StopSignals() as signals:
+            with hold(folder, info, resume=resume, overwrite=overwrite), StopSignals() as signals:
+                if saved is not None and ckpt.read_record(config.out, "last")[0].tensors != saved[1].tensors:
+                    raise ConfigError("out", f"{config.out}: its last checkpoint changed while this run was starting "
+                                      "(another process?); resume again")  # fmt: skip
                 run.start(saved)
                 return run.train(signals)
         finally:
@@ -183,21 +186,6 @@ def _torch_settings(config: TrainConfig):
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
         torch.backends.cudnn.benchmark = benchmark
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: RunFolder, info: dist_utils.DistInfo, *, resume: bool, overwrite: bool):
-    """The main process takes the folder; all processes stop together when it cannot."""
-    error = None
-    with contextlib.ExitStack() as stack:
-        if info.is_main:
-            try:
-                stack.enter_context(folder.held(resume=resume, overwrite=overwrite))
-            except ConfigError as err:
-                error = err
-        if dist_utils.any_true([error is not None], info)[0]:
-            raise error or ConfigError("out", f"{folder.path}: the main process could not take the run folder")
-        yield
 
 
 class _Progress:
@@ -312,7 +300,7 @@ class _Run:
         if self.info.distributed:
             cuda = self.device.type == "cuda"
             self.model = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None,
-                                                 find_unused_parameters=self.task.kind == "detection")  # fmt: skip
+                                                 find_unused_parameters=self.task.unused_parameters)  # fmt: skip
 
     def train(self, signals: StopSignals) -> RunResult:
         """Run the remaining epochs; write the end-of-run pictures."""
@@ -481,6 +469,25 @@ class _Run:
         raise TrainingInterrupted(signals.received or 0, checkpoint, self.progress)
 
 
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_checkpoint` found.
+
+    Attributes:
+        metrics: ``{"loss", "acc", ...}`` of the split.
+        record: the checkpoint's record.
+        data: the data spec evaluated.
+        items: the number of items (images, sentences) scored.
+        confusion (Tensor[K, K] | None): rows true class, columns prediction (classification and segmentation).
+    """
+
+    metrics: dict[str, float]
+    record: CheckpointRecord
+    data: str
+    items: int
+    confusion: Tensor | None
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     *,
@@ -490,7 +497,7 @@ def evaluate_checkpoint(
     limit: int | None = None,
     batch_size: int | None = None,
     device: str = "auto",
-) -> tuple[dict[str, float], CheckpointRecord]:
+) -> Evaluation:
     """The metrics of a trained model of any task on a split of its data (or of other data with the same classes).
 
     Args:
@@ -503,7 +510,8 @@ def evaluate_checkpoint(
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 
     Returns:
-        ``(metrics without the split prefix, the checkpoint's record)``.
+        the metrics (without the split prefix), the record, the data, the number of items and (classification and
+        segmentation) the confusion matrix.
 
     Raises:
         ConfigError: (fields ``data``, ``limit``, ``batch_size``, ``split``, ``device``) for a bad request or data
@@ -513,8 +521,8 @@ def evaluate_checkpoint(
     for name, value in (("limit", limit), ("batch_size", batch_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(name, f"must be an integer >= 1, got {value}")
-    info = dist_utils.setup(device)
-    model, record = ckpt.load_model(checkpoint, tag=tag, device=info.device)
+    target = dist_utils.resolve(device)
+    model, record = ckpt.load_model(checkpoint, tag=tag, device=target)
     config = TrainConfig.from_dict(record.config)
     if record.task == "text" and (data is not None or limit is not None):
         name = "data" if data is not None else "limit"
@@ -523,6 +531,6 @@ def evaluate_checkpoint(
     config = dataclasses.replace(config, data=data or config.data, **(limits if record.task != "text" else {}))
     task = build_task(config, fold=record.fold)
     task.use_checkpoint(record, split)
-    metrics = evaluate(task, model, split, device=info.device, batch_size=batch_size or config.eval_batch_size
+    metrics = evaluate(task, model, split, device=target, batch_size=batch_size or config.eval_batch_size
                        or config.batch_size)  # fmt: skip
-    return metrics, record
+    return Evaluation(metrics, record, config.data, task.eval_size(split), task.confusion())

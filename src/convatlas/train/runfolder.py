@@ -129,10 +129,9 @@ class RunFolder:
             self._fd = None
 
     @contextlib.contextmanager
-    def held(self, *, resume: bool, overwrite: bool, enabled: bool = True) -> Iterator[RunFolder]:
-        """:meth:`acquire` for the block (when ``enabled``: the main process of a distributed run)."""
-        if enabled:
-            self.acquire(resume=resume, overwrite=overwrite)
+    def held(self, *, resume: bool, overwrite: bool) -> Iterator[RunFolder]:
+        """:meth:`acquire` for the block."""
+        self.acquire(resume=resume, overwrite=overwrite)
         try:
             yield self
         finally:
@@ -173,3 +172,25 @@ class StopSignals:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
+
+
+@contextlib.contextmanager
+def hold(folder: RunFolder, info, *, resume: bool, overwrite: bool) -> Iterator[RunFolder]:
+    """:meth:`RunFolder.held` by the main process of a (possibly distributed) run; when it cannot take the folder,
+    every process raises, so none waits for the others in vain.
+
+    Args:
+        info: the process's :class:`~convatlas.train.distributed.DistInfo`.
+    """
+    from convatlas.train import distributed as dist_utils
+
+    error = None
+    with contextlib.ExitStack() as stack:
+        if info.is_main:
+            try:
+                stack.enter_context(folder.held(resume=resume, overwrite=overwrite))
+            except ConfigError as err:
+                error = err
+        if dist_utils.any_true([error is not None], info)[0]:
+            raise error or ConfigError("out", f"{folder.path}: the main process could not take the run folder")
+        yield folder

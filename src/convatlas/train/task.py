@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from convatlas.errors import InputError
 from convatlas.train.checkpoint import CheckpointRecord, InputSpec, ModelSpec, build_model
 from convatlas.train.config import ConfigError, TrainConfig
 
@@ -32,6 +33,7 @@ class Task:
         shown: the metrics of each evaluated split printed after every epoch.
         shown_train: the running training averages printed after every epoch.
         outputs: the files the task writes into the run folder besides the engine's.
+        unused_parameters: whether some parameters get no gradient in a step (DDP must then look for them).
     """
 
     kind = ""
@@ -40,6 +42,7 @@ class Task:
     shown: tuple[str, ...] = ("loss", "acc")
     shown_train: tuple[str, ...] = ("loss", "acc")
     outputs: tuple[str, ...] = ()
+    unused_parameters = False  # DDP: some parameters get no gradient in a step (a backbone's classifier head)
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -102,6 +105,10 @@ class Task:
         """The metrics of ``split`` from the partial results of every process."""
         raise NotImplementedError
 
+    def confusion(self) -> Tensor | None:
+        """The confusion matrix of the last evaluation (rows: true class), where the task has one."""
+        return None
+
     def finish(self, model: nn.Module, out: Path, device: torch.device) -> None:
         """Write the task's end-of-run pictures into ``out`` (after an evaluation in this process)."""
 
@@ -146,7 +153,7 @@ def build_task(config: TrainConfig, *, fold: int | None = None) -> Task:
         from convatlas.train.text import TextData, TextTask
 
         if fold is None:
-            raise ConfigError("folds", "text runs are cross-validated: call cross_validate(config), or give the fold")
+            raise InputError("text runs are cross-validated: call cross_validate(config) or give the fold")
         return TextTask(config, TextData.load(config), fold)
     raise ConfigError("task", f"must be one of classification, segmentation, text, detection, got {config.task!r}")
 

@@ -34,7 +34,7 @@ from convatlas.files import atomic_write_json
 from convatlas.train import distributed as dist_utils
 from convatlas.train.checkpoint import CheckpointError, ModelSpec, build_model, json_kwargs
 from convatlas.train.config import CHANGEABLE_ON_RESUME, ConfigError, TrainConfig, quoted_fields
-from convatlas.train.runfolder import RunFolder
+from convatlas.train.runfolder import RunFolder, hold
 from convatlas.train.task import Task, model_keywords
 
 KIM_WINDOWS = (3, 4, 5)
@@ -293,7 +293,7 @@ def cross_validate(config: TrainConfig, *, resume: bool = False, overwrite: bool
     data = TextData.load(config)
     info = dist_utils.setup(config.device)
     try:
-        with root.held(resume=resume, overwrite=overwrite, enabled=info.is_main):
+        with hold(root, info, resume=resume, overwrite=overwrite):
             result = CVResult(config.to_dict(), list(data.dataset.classes), [], len(data.dataset), data.vocab_size,
                               data.glove_coverage)  # fmt: skip
             _write(result, root.path, info)
