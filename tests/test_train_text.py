@@ -55,6 +55,10 @@ def test_cv_results_record_classes_folds_and_the_config(tmp_path):
     assert record.task == "text" and record.fold == 2 and record.classes == ["neg", "pos"]
     assert record.progress.best_metrics["test_acc"] == pytest.approx(saved["folds"][1]["test_accuracy"])
     assert record.model.kwargs["maps"] == 8 and record.model.kwargs["mode"] == "rand"
+    for split in ("dev", "test"):  # the fold's best checkpoint scores what the run recorded for it
+        found = run_cli(["evaluate", "--checkpoint", str(out / "fold-02"), "--split", split, "--device", "cpu"])
+        assert found.code == 0, found.stderr
+        assert found.stdout.splitlines()[-1] == f"{split} accuracy: {record.progress.best_metrics[f'{split}_acc']:.4f}"
 
 
 def test_more_folds_than_sentences_is_an_error(tmp_path):
