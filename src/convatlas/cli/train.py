@@ -1,327 +1,398 @@
 """``convatlas train``, ``evaluate``, ``predict`` and ``export``: the training engine from the command line.
 
-``train`` runs image classification and segmentation in :mod:`convatlas.train.engine`; text specs (``mr``, ``cr``,
-``tsv:PATH``, or ``--task text``) go to ``convatlas.train.text.run(args)`` and ``--task detection`` to
-``convatlas.train.detection.run(args)``. Those modules read the namespace: an option left out is ``None`` there, which
-means "the module's default".
+``train`` builds one :class:`~convatlas.train.TrainConfig` from the options the user typed (an option left out is the
+task's default) and calls :func:`~convatlas.train.fit` (text: :func:`~convatlas.train.cross_validate`). With
+``--resume`` the saved configuration is used and the typed options are applied to it; the engine refuses those that
+may not change. Library errors name configuration fields; :func:`user_message` turns them into options here.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import importlib
+import dataclasses
+import functools
 import json
+import re
 import warnings
 from pathlib import Path
 
+from convatlas.errors import InputError
 from convatlas.utils import close_matches
 
 TASKS = ("classification", "segmentation", "detection", "text")
-KIM_MODES = ("rand", "static", "non-static", "multichannel")
-# Options whose value, when left out, is the engine's default (TrainConfig's): None tells the other engines the same.
-_ENGINE_OPTIONS = (
-    "epochs",
-    "batch_size",
-    "accum_steps",
-    "lr",
-    "opt",
-    "momentum",
-    "weight_decay",
-    "warmup_epochs",
-    "min_lr",
-    "label_smoothing",
-    "clip_grad",
-    "amp",
-    "seed",
-    "image_size",
-    "data_dir",
-    "limit_train",
-    "limit_test",
-    "eval_batch_size",
-    "save_every",
-    "log_every",
-    "num_workers",
-    "device",
-    "threads",
+# The options that become TrainConfig fields: (option, type, help). Every one defaults to None ("not typed").
+CONFIG_OPTIONS = (
+    ("--epochs", int, "passes over the training set (text: over each fold's)"),
+    ("--batch-size", int, "the global batch (all processes and accumulation steps)"),
+    ("--accum-steps", int, "gradient accumulation: micro-batches per step"),
+    ("--lr", float, "peak learning rate (default: sgd 0.1, adamw 1e-3, adadelta 1.0)"),
+    ("--opt", str, "sgd, adamw or adadelta (default: the task's)"),
+    ("--momentum", float, "SGD momentum (default 0.9)"),
+    ("--weight-decay", float, "never on biases and norm weights"),
+    ("--schedule", str, "cosine or constant (after the warm-up)"),
+    ("--warmup-epochs", float, "linear warm-up from lr/10"),
+    ("--min-lr", float, "the cosine schedule's final rate"),
+    ("--label-smoothing", float, "of the cross-entropy"),
+    ("--clip-grad", float, "max gradient norm (0: off)"),
+    ("--amp", str, "auto (bf16 on CUDA), none, bf16 or fp16"),
+    ("--channels-last", bool, "channels-last memory format"),
+    ("--compile", bool, "torch.compile the model (classification, segmentation)"),
+    ("--seed", int, "seeds initialisation, data order, augmentation, folds"),
+    ("--deterministic", bool, "deterministic algorithms"),
+    ("--image-size", int, "resize image inputs to this side (classification, segmentation)"),
+    ("--augment", bool, "random flips and shifts; masks and boxes move with the images"),
+    ("--data-dir", str, "where the dataset files are"),
+    ("--limit-train", int, "use only N training items (sentences for text), spread over the set"),
+    ("--limit-test", int, "use only N test items, spread over the set"),
+    ("--eval-batch-size", int, "the evaluation batch"),
+    ("--save-every", int, "also checkpoint every N steps (mid-epoch resume)"),
+    ("--log-every", int, "a metrics.jsonl record every N steps"),
+    ("--num-workers", int, "DataLoader workers for data decoded per item"),
+    ("--device", str, "auto, cpu, cuda or cuda:N"),
+    ("--threads", int, "CPU threads (0: torch's default)"),
+    ("--mode", str, "text: rand, static, non-static or multichannel"),
+    ("--folds", int, "text: k of the k-fold cross-validation"),
+    ("--max-folds", int, "text: run only the first folds"),
+    ("--backbone", str, "detection: the zoo image model under the detector"),
+    ("--max-proposals", int, "detection: selective-search proposals per image (rcnn, fast_rcnn)"),
 )
+_FLAG_OF = {"model_args": "--model-arg", "limit": "--limit", "split": "--split"}
+
+
+def flag(name: str) -> str:
+    """The option of a configuration field: ``lr`` -> ``--lr``, ``model_args`` -> ``--model-arg``."""
+    return _FLAG_OF.get(name, "--" + name.replace("_", "-"))
+
+
+def user_message(err: BaseException) -> str:
+    """A library error's message with field names turned into options (``ConfigError``'s field, and every
+    `` `field` `` the message quotes)."""
+    from convatlas.train import ConfigError
+
+    text = f"{flag(err.field)} {err.detail}" if isinstance(err, ConfigError) else str(err)
+    return re.sub(r"`([a-z_]+)`", lambda m: flag(m.group(1)), text)
+
+
+def reports_options(handler):
+    """Run a command handler; re-raise its value errors with the options the user typed in place of field names."""
+
+    @functools.wraps(handler)
+    def run(args):
+        try:
+            return handler(args)
+        except ValueError as err:
+            message = user_message(err)
+            if message == str(err):
+                raise
+            raise InputError(message) from None
+
+    return run
 
 
 def parse_model_args(items: list[str] | None) -> dict:
     """``["width_mult=0.5", "drop_rate=0"]`` -> ``{"width_mult": 0.5, "drop_rate": 0}`` (Python literals, else str).
 
     Raises:
-        ValueError: for an item without ``=``.
+        ValueError: for an item without ``=`` or a key given twice.
     """
     values = {}
     for item in items or []:
         key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--model-arg {item!r}: expected key=value, for example width_mult=0.5")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise InputError(f"--model-arg {item!r}: expected key=value, for example width_mult=0.5")
+        if key in values:
+            raise InputError(f"--model-arg {key}: given twice")
         try:
-            values[key] = ast.literal_eval(text)
+            values[key] = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
-            values[key] = text
+            values[key] = text.strip()
     return values
 
 
-def _dispatch(module: str, function: str, args: argparse.Namespace) -> int:
-    try:
-        target = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name != module:
-            raise
-        raise ValueError(f"{module} is not available in this installation; it handles {args.command} here") from None
-    return int(getattr(target, function)(args) or 0)
+def _typed_config(args) -> dict:
+    fields = {opt[2:].replace("-", "_") for opt, _, _ in CONFIG_OPTIONS} | {"model", "data", "out", "task"}
+    typed = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
+    if args.model_arg is not None:
+        typed["model_args"] = parse_model_args(args.model_arg)
+    return typed
 
 
-def _train(args: argparse.Namespace) -> int:
-    from convatlas.data import is_text_spec
+@reports_options
+def _train(args) -> int:
+    from convatlas.models import model_info
+    from convatlas.train import TrainConfig, TrainingInterrupted, cross_validate, fit, run_config
 
-    args.model_args = parse_model_args(args.model_arg)
-    if args.task == "detection":
-        return _dispatch("convatlas.train.detection", "run", args)
-    if args.task == "text" or (args.data and is_text_spec(args.data)):
-        return _dispatch("convatlas.train.text", "run", args)
-
-    from convatlas.train import TrainConfig, train
-
+    typed = _typed_config(args)
     if args.resume:
         if not args.out:
-            raise ValueError("--resume needs --out DIR, the run folder to continue")
-        config = TrainConfig(model=args.model or "", data=args.data or "", out=args.out)
+            raise InputError("--resume needs --out DIR, the run folder to continue")
+        config = dataclasses.replace(run_config(args.out), **typed)
     else:
-        missing = [f"--{n}" for n in ("model", "data") if not getattr(args, n)]
+        missing = [f"--{n}" for n in ("model", "data") if n not in typed]
         if missing:
-            raise ValueError(f"train: {' and '.join(missing)} required (see `convatlas models` for model names)")
-        kind = args.data.split(":", 1)[0]
-        config = TrainConfig(model=args.model, data=args.data, out=args.out or f"runs/{args.model}-{kind}")
-        for name in _ENGINE_OPTIONS:
-            value = getattr(args, name)
-            if value is not None:
-                setattr(config, name, value)
-        config.model_args = args.model_args
-        config.task = args.task
-        config.channels_last, config.compile = args.channels_last, args.compile
-        config.deterministic, config.augment = args.deterministic, args.augment
-    result = train(config, resume=args.resume)
-    print(f"run folder: {result['out']} ({result['seconds']:.0f} s)")
-    if "test_miou" in result:
-        print(f"test pixel accuracy: {result['test_acc']:.4f}")
-        print(f"test mIoU: {result['test_miou']:.4f}")
-    else:
-        print(f"test accuracy: {result['test_acc']:.4f}")
-    return 0
-
-
-def _checkpoint_meta(path: str) -> dict:
-    from convatlas.train.checkpoint import CheckpointError, resolve_checkpoint
-
-    json_path = resolve_checkpoint(path)
+            raise InputError(f"train: {' and '.join(missing)} required (see `convatlas models` for model names)")
+        typed.setdefault("out", f"runs/{args.model}-{args.data.split(':', 1)[0]}")
+        config = TrainConfig(**typed)
+    text = model_info(config.model).task == "text"
     try:
-        return json.loads(json_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"checkpoint {json_path} is corrupted (not valid JSON: {err})") from None
+        if text:
+            return _report_cv(cross_validate(config, resume=args.resume, overwrite=args.overwrite))
+        return _report_run(fit(config, resume=args.resume, overwrite=args.overwrite))
+    except TrainingInterrupted as stop:
+        where = f"; checkpoint {stop.checkpoint}" if stop.checkpoint else ""
+        print(f"convatlas train: stopped by signal {stop.signum} at epoch {stop.progress.epoch + 1} step "
+              f"{stop.progress.step}{where}; continue with --resume --out {config.out}")  # fmt: skip
+        return 128 + stop.signum
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    if _checkpoint_meta(args.checkpoint).get("task") == "detection":
-        return _dispatch("convatlas.train.detection", "evaluate", args)
-    from convatlas.data import build_dataset
-    from convatlas.train import evaluate, load_model
-
-    model, meta = load_model(args.checkpoint, tag=args.which, device=args.device)
-    config = meta["config"]
-    data = args.data or config["data"]
-    dataset = build_dataset(data, split=args.split, data_dir=args.data_dir or config["data_dir"], limit=args.limit)
-    if dataset.num_classes != meta["num_classes"] or dataset.in_channels != meta["in_channels"]:
-        raise ValueError(
-            f"--data {data}: {dataset.num_classes} classes x {dataset.in_channels} channels, the checkpoint's model "
-            f"has {meta['num_classes']} x {meta['in_channels']}"
-        )
-    result = evaluate(model, dataset, meta=meta, batch_size=args.batch_size, device=model_device(model))
-    print(f"{meta['model']} (epoch {meta['epoch']}) on {data} {args.split} ({len(dataset)} items): "
-          f"loss {result['loss']:.4f}")  # fmt: skip
-    cm = result["cm"]
-    per_class = cm.diag().double() / cm.sum(1).clamp(min=1)
-    names = meta["classes"]
-    print("per class: " + ", ".join(f"{names[i]} {per_class[i]:.3f}" for i in range(len(names))))
-    if meta["task"] == "segmentation":
-        print(f"{args.split} pixel accuracy: {result['acc']:.4f}")
-        print(f"{args.split} mIoU: {result['miou']:.4f}")
-    else:
-        print(f"{args.split} accuracy: {result['acc']:.4f}")
+def _report_run(result) -> int:
+    print(f"run folder: {result.out} ({result.seconds:.0f} s)")
+    for line in metric_lines(result.task, "test", {k[5:]: v for k, v in result.final.items() if k[:5] == "test_"}):
+        print(line)
     return 0
 
 
-def model_device(model):
-    return next(model.parameters()).device
+def metric_lines(task: str, split: str, metrics: dict) -> list[str]:
+    """The closing lines of a run or an evaluation (the last one is the headline metric)."""
+
+    def show(v) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    if task == "segmentation":
+        return [f"{split} pixel accuracy: {show(metrics.get('acc'))}", f"{split} mIoU: {show(metrics.get('miou'))}"]
+    if task == "detection":
+        ms = 1000 * (metrics.get("seconds_per_image") or 0.0)
+        return [f"{split} COCO mAP: {show(metrics.get('coco_ap'))}, AP50 {show(metrics.get('coco_ap50'))}, "
+                f"AP75 {show(metrics.get('coco_ap75'))}; VOC mAP@0.5 11-point {show(metrics.get('voc_map50_11point'))};"
+                f" {ms:.1f} ms/image", f"{split} VOC mAP@0.5: {show(metrics.get('voc_map50'))}"]  # fmt: skip
+    return [f"{split} accuracy: {show(metrics.get('acc'))}"]
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _report_cv(result) -> int:
+    config = result.config
+    spread = f"{100 * result.mean:.2f} +- {100 * (result.std or 0):.2f}" if result.folds else "-"
+    print(f"{config['model']} {config['mode']} on {config['data']}: {len(result.folds)} of {config['folds']} folds, "
+          f"mean test accuracy {spread} ({result.train_size} sentences, classes {', '.join(result.classes)}, "
+          f"vocabulary {result.vocab_size}, GloVe covers {100 * result.glove_coverage:.1f}%)")  # fmt: skip
+    print(f"wrote {Path(config['out']) / 'cv_results.json'}")
+    return 0
+
+
+def _check_positive(option: str, value) -> None:
+    if value is not None and value < 1:
+        raise InputError(f"{option} must be >= 1, got {value}")
+
+
+@reports_options
+def _evaluate(args) -> int:
+    from convatlas.files import atomic_write_json, check_output_file
+    from convatlas.train.engine import evaluate_checkpoint
+
+    _check_positive("--batch-size", args.batch_size)
+    _check_positive("--limit", args.limit)
+    if args.json:
+        check_output_file(args.json, "--json", overwrite=args.overwrite)
+    found = evaluate_checkpoint(args.checkpoint, tag=args.which, split=args.split, data=args.data, limit=args.limit,
+                                batch_size=args.batch_size, device=args.device)  # fmt: skip
+    record, metrics = found.record, found.metrics
+    where = f"fold {record.fold}, " if record.fold else ""
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("loss", "acc", "miou") and v is not None)
+    print(f"{record.model.name} ({where}epoch {record.progress.epoch}) on {found.data} {args.split} ({found.items} "
+          f"items)" + (f": {shown}" if shown else ""))  # fmt: skip
+    if record.task == "classification" and found.confusion is not None:
+        recall = found.confusion.diag().double() / found.confusion.sum(1).clamp(min=1)
+        print("per class: " + ", ".join(f"{name} {r:.3f}" for name, r in zip(record.classes, recall, strict=True)))
+    for line in metric_lines(record.task, args.split, metrics):
+        print(line)
+    if args.json:
+        atomic_write_json(args.json, {"checkpoint": str(args.checkpoint), "split": args.split, "data": found.data,
+                                      "items": found.items, "metrics": metrics})  # fmt: skip
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _load_image_model(args, command: str):
+    from convatlas.train import load_model
+    from convatlas.train.checkpoint import read_record
+    from convatlas.train.config import IMAGE_TASKS
+    from convatlas.utils import resolve_device
+
+    device = resolve_device(getattr(args, "device", "cpu"), "--device")
+    record, path = read_record(args.checkpoint, args.which)
+    if record.task not in IMAGE_TASKS:
+        other = " (use convatlas detect)" if record.task == "detection" else ""
+        raise InputError(f"{command}: checkpoint {path} is a {record.task} run; {command} takes classification and "
+                         f"segmentation checkpoints{other}")  # fmt: skip
+    return load_model(args.checkpoint, tag=args.which, device=device)
+
+
+@reports_options
+def _predict(args) -> int:
     import torch
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms import v2
 
-    from convatlas.train import load_model, prepare_inputs
+    from convatlas.files import atomic_write, check_output_dir, check_output_file
+    from convatlas.train.images import prepare_inputs
     from convatlas.train.plots import mask_to_png
 
-    if _checkpoint_meta(args.checkpoint).get("task") == "detection":
-        raise ValueError("predict: detection checkpoints are predicted by `convatlas evaluate` (boxes and mAP)")
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-    model, meta = load_model(args.checkpoint, tag=args.which, device=args.device)
-    height, width = meta["data_size"]
+    _check_positive("--top-k", args.top_k)
+    model, record = _load_image_model(args, "predict")
     out_dir = Path(args.out_dir)
-    for name in args.images:
-        try:
-            with Image.open(name) as im:
-                image = im.convert("RGB" if meta["in_channels"] == 3 else "L")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"predict: image {name} does not exist") from None
-        except (OSError, UnidentifiedImageError) as err:
-            raise ValueError(f"predict: image {name} is unreadable ({err})") from None
-        original = (image.height, image.width)
-        x = v2.functional.to_dtype(v2.functional.to_image(image), torch.float32, scale=True)
-        x = v2.functional.resize(x, [height, width], antialias=True).as_subclass(torch.Tensor)[None]
-        x = prepare_inputs(
-            x, mean=meta["mean"], std=meta["std"], image_size=meta["image_size"], device=model_device(model)
-        )
+    if record.task == "segmentation":
+        check_output_dir(out_dir, "--out-dir")
+        targets = [out_dir / f"{Path(name).stem}.mask.png" for name in args.images]
+        _distinct(targets, args.images, "--out-dir")
+        for target in targets:
+            check_output_file(target, "--out-dir", overwrite=args.overwrite)
+    images = [_read_image(name, record.inputs) for name in args.images]
+    spec = record.inputs
+    for name, (x, original) in zip(args.images, images, strict=True):
+        x = prepare_inputs(x, mean=spec.mean, std=spec.std, image_size=spec.image_size,
+                           device=next(model.parameters()).device)  # fmt: skip
         with torch.no_grad():
             logits = model(x).float()
-        if meta["task"] == "segmentation":
+        if record.task == "segmentation":
             logits = torch.nn.functional.interpolate(logits, size=original, mode="bilinear", align_corners=False)
             mask = logits.argmax(1)[0].cpu()
             out_dir.mkdir(parents=True, exist_ok=True)
-            path = mask_to_png(mask, out_dir / f"{Path(name).stem}.mask.png")
-            counts = torch.bincount(mask.flatten(), minlength=meta["num_classes"])
-            shares = ", ".join(
-                f"{meta['classes'][c]} {counts[c] / mask.numel():.1%}" for c in counts.argsort(descending=True)[:4]
-            )
+            path = atomic_write(out_dir / f"{Path(name).stem}.mask.png", lambda tmp, m=mask: mask_to_png(m, tmp))
+            counts = torch.bincount(mask.flatten(), minlength=len(record.classes))
+            shares = ", ".join(f"{record.classes[c]} {counts[c] / mask.numel():.1%}"
+                               for c in counts.argsort(descending=True)[:4])  # fmt: skip
             print(f"{name}: mask {path} ({mask.shape[1]}x{mask.shape[0]}); pixels: {shares}")
         else:
             probs = logits.softmax(1)[0].cpu()
             top = probs.topk(min(args.top_k, probs.numel()))
-            ranked = ", ".join(f"{meta['classes'][i]} {p:.4f}" for p, i in zip(top.values, top.indices, strict=True))
+            ranked = ", ".join(f"{record.classes[i]} {p:.4f}" for p, i in zip(top.values, top.indices, strict=True))
             print(f"{name}: {ranked}")
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
+def _distinct(targets: list[Path], sources: list[str], option: str) -> None:
+    seen: dict[Path, str] = {}
+    for target, source in zip(targets, sources, strict=True):
+        if target in seen:
+            raise InputError(f"{option}: {seen[target]} and {source} would both be written to {target}")
+        seen[target] = source
+
+
+def _read_image(name: str, spec):
+    """``(Tensor[1, C, H, W] in [0, 1] at the training data's size, (H, W) of the file)``."""
+    import torch
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms import v2
+
+    if not Path(name).is_file():
+        raise FileNotFoundError(f"IMAGE {name}: no such file")
+    try:
+        with Image.open(name) as im:
+            image = im.convert("RGB" if spec.in_channels == 3 else "L")
+    except (OSError, UnidentifiedImageError) as err:
+        raise InputError(f"IMAGE {name}: not a readable image ({err})") from None
+    x = v2.functional.to_dtype(v2.functional.to_image(image), torch.float32, scale=True)
+    x = v2.functional.resize(x, list(spec.data_size), antialias=True).as_subclass(torch.Tensor)[None]
+    return x, (image.height, image.width)
+
+
+ONNX_OPSETS = (7, 20)  # the TorchScript exporter's range in torch 2.4 to 2.14
+
+
+@reports_options
+def _export(args) -> int:
+    from convatlas.files import atomic_write, check_output_file
+
+    if not ONNX_OPSETS[0] <= args.opset <= ONNX_OPSETS[1]:
+        raise InputError(f"--opset must be in {ONNX_OPSETS[0]}..{ONNX_OPSETS[1]}, got {args.opset}")
+    out = check_output_file(args.onnx, "--onnx", overwrite=args.overwrite)
+    model, record = _load_image_model(args, "export")
+    diff = []
+    atomic_write(out, lambda tmp: diff.append(_export_onnx(model, record, tmp, args.opset)))
+    spec = record.inputs
+    size = (spec.image_size, spec.image_size) if spec.image_size else tuple(spec.data_size)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, opset {args.opset}): input image[N, {spec.in_channels}, "
+          f"{size[0]}, {size[1]}] normalised with mean {spec.mean} std {spec.std}")  # fmt: skip
+    print(f"onnxruntime vs PyTorch on 2 random images: max |difference| {diff[0]:.2e}")
+    return 0
+
+
+def _export_onnx(model, record, path: Path, opset: int) -> float:
+    """Export to ``path``, add the metadata, and check the file with onnxruntime; returns the largest difference."""
     import numpy as np
+    import onnx
+    import onnxruntime
     import torch
 
-    from convatlas.train import load_model
-
-    if _checkpoint_meta(args.checkpoint).get("task") == "detection":
-        raise ValueError("export: detection checkpoints cannot be exported to ONNX here")
-    model, meta = load_model(args.checkpoint, tag=args.which, device="cpu")
-    side = meta["image_size"]
-    size = (side, side) if side else tuple(meta["data_size"])
-    x = torch.rand(2, meta["in_channels"], *size)
-    out = Path(args.onnx)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    spec = record.inputs
+    size = (spec.image_size, spec.image_size) if spec.image_size else tuple(spec.data_size)
+    x = torch.rand(2, spec.in_channels, *size)
     with warnings.catch_warnings():  # the TorchScript exporter warns that it is not the default any more
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (x,),
-            str(out),
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=args.opset,
-            dynamo=False,
-        )
-    import onnx
-
-    proto = onnx.load(str(out))
-    info = {"convatlas_model": meta["model"], "task": meta["task"], "classes": json.dumps(meta["classes"])}
-    info.update({"mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"])})
+        torch.onnx.export(model.cpu(), (x,), str(path), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                          dynamo=False)  # fmt: skip
+    proto = onnx.load(str(path))
+    info = {"convatlas_model": record.model.name, "task": record.task, "classes": json.dumps(record.classes),
+            "mean": json.dumps(spec.mean), "std": json.dumps(spec.std)}  # fmt: skip
     for key, value in info.items():
         proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(out))
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    onnx.save(proto, str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (ours,) = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
-        expected = model(x).numpy()
-    diff = float(np.abs(ours - expected).max())
-    shape = f"image[N, {meta['in_channels']}, {size[0]}, {size[1]}]"
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, opset {args.opset}): input {shape} normalised with "
-          f"mean {meta['mean']} std {meta['std']}")  # fmt: skip
-    print(f"onnxruntime vs PyTorch on 2 random images: max |difference| {diff:.2e}")
+        diff = float(np.abs(ours - model(x).numpy()).max())
     if diff > 1e-3:
-        raise ValueError(f"export: onnxruntime disagrees with PyTorch by {diff:.2e} (> 1e-3)")
-    return 0
+        raise ValueError(f"export: onnxruntime disagrees with PyTorch by {diff:.2e} (> 1e-3); nothing was written")
+    return diff
 
 
 def _choice(allowed: tuple[str, ...], option: str):
     def parse(text: str) -> str:
         if text not in allowed:
-            raise argparse.ArgumentTypeError(f"{option} {text!r}{close_matches(text, allowed)} (one of {allowed})")
+            raise argparse.ArgumentTypeError(f"{option} {text!r}{close_matches(text, allowed)} (one of "
+                                             f"{', '.join(allowed)})")  # fmt: skip
         return text
 
     return parse
 
 
+def _add_config_options(p) -> None:
+    for option, kind, text in CONFIG_OPTIONS:
+        if kind is bool:
+            p.add_argument(option, action="store_true", default=None, help=text)
+        else:
+            p.add_argument(option, type=kind, help=text)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a zoo model on a dataset",
-        description="Train a zoo model. Image sets use the engine in convatlas.train; text sets and --task detection "
-        "go to their own engines. Options left out take each engine's defaults.",
+        help="train a zoo model on a dataset (any task)",
+        description="Train a zoo model: classification, segmentation, text (k-fold cross-validation) or detection; "
+        "the model decides the task. Options left out take the task's defaults; an option that does not apply to "
+        "the task is refused.",
     )
     p.add_argument("--model", help="a registered model (`convatlas models`)")
-    p.add_argument("--data", help="fashion-mnist, mnist5k, imagefolder:DIR, segfolder:IMAGES:MASKS, fashion-scenes, "
-                   "mr, cr, tsv:PATH")  # fmt: skip
+    p.add_argument("--data", help="fashion-mnist, mnist5k, imagefolder:DIR, segfolder:IMAGES:MASKS, "
+                   "fashion-scenes[:key=value,...], mr, cr, tsv:PATH, coco:DIR, voc:DIR")  # fmt: skip
     p.add_argument("--out", help="the run folder (default runs/MODEL-DATA)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--task", type=_choice(TASKS, "--task"), help="default: the data's")
+    p.add_argument("--overwrite", action="store_true", help="replace the run files in --out")
+    p.add_argument("--task", type=_choice(TASKS, "--task"), help="check the model's task")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="builder keyword, repeatable")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="the global batch (all processes)")
-    p.add_argument("--accum-steps", type=int, help="gradient accumulation micro-batches per step")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--opt", help="sgd or adamw (text: adadelta or adamw)")
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--min-lr", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--clip-grad", type=float, help="max gradient norm (0: off)")
-    p.add_argument("--amp", help="auto (bf16 on CUDA), none, bf16, fp16")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume)")
-    p.add_argument("--image-size", type=int, help="resize inputs to this side")
-    p.add_argument("--augment", action="store_true", help="random flips and shifts")
-    p.add_argument("--data-dir", help="where the dataset files are")
-    p.add_argument("--limit-train", type=int, help="use only N training items (spread over the set)")
-    p.add_argument("--limit-test", type=int, help="use only N test items (spread over the set)")
-    p.add_argument("--eval-batch-size", type=int)
-    p.add_argument("--save-every", type=int, help="also checkpoint every N steps (mid-epoch resume)")
-    p.add_argument("--log-every", type=int, help="a metrics.jsonl record every N steps")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers for folder datasets")
-    p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, help="CPU threads (0: torch's default)")
-    p.add_argument("--mode", type=_choice(KIM_MODES, "--mode"), help="text: Kim CNN embedding mode")
-    p.add_argument("--folds", type=int, help="text: k of the k-fold cross-validation")
-    p.add_argument("--max-folds", type=int, help="text: run only the first folds")
-    p.add_argument("--backbone", help="detection: the backbone model")
+    _add_config_options(p)
     p.set_defaults(handler=_train)
 
-    p = subparsers.add_parser("evaluate", help="evaluate a checkpoint on a test split")
-    p.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint's JSON")
+    p = subparsers.add_parser("evaluate", help="evaluate a checkpoint of any task")
+    p.add_argument("--checkpoint", required=True, help="a run folder (text: a fold-NN folder) or a checkpoint's JSON")
     p.add_argument("--which", choices=("best", "last"), help="in a run folder (default: best, else last)")
-    p.add_argument("--data", help="default: the training data")
-    p.add_argument("--data-dir")
-    p.add_argument("--split", choices=("train", "test"), default="test")
-    p.add_argument("--limit", type=int, help="only N items (spread over the set)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", help="other data of the same task and classes (default: the training data)")
+    p.add_argument("--split", choices=("train", "dev", "test"), default="test", help="dev: text folds only")
+    p.add_argument("--limit", type=int, help="only N items (spread over the split)")
+    p.add_argument("--batch-size", type=int, help="default: the run's evaluation batch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(handler=_evaluate)
 
     p = subparsers.add_parser("predict", help="top-k classes (or a mask PNG) for images")
@@ -330,7 +401,8 @@ def register(subparsers) -> None:
     p.add_argument("--which", choices=("best", "last"))
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--out-dir", default="predictions", help="segmentation: where the mask PNGs go")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace existing mask PNGs")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(handler=_predict)
 
     p = subparsers.add_parser("export", help="export a checkpoint to ONNX (checked with onnxruntime)")
@@ -338,4 +410,5 @@ def register(subparsers) -> None:
     p.add_argument("--onnx", required=True, help="the output .onnx file")
     p.add_argument("--which", choices=("best", "last"))
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --onnx file")
     p.set_defaults(handler=_export)

@@ -263,14 +263,15 @@ def _roi_align_separable(
     a_x = _axis_weights(*x_axis, pw, w, input.dtype).transpose(1, 2)  # (K, W, PW)
     out = input.new_empty((k, ph, c, pw))
     step = max(1, _CHUNK_ELEMS // (ph * c * w))
-    for b in torch.unique(batch).tolist():
-        boxes = torch.nonzero(batch == b).flatten()
-        feature = input[b].permute(1, 0, 2).reshape(h, c * w)  # (H, C*W)
-        for start in range(0, len(boxes), step):
-            idx = boxes[start : start + step]
-            m = len(idx)
-            rows = (a_y[idx].reshape(m * ph, h) @ feature).view(m, ph * c, w)  # rows contracted: (m, PH*C, W)
-            out.index_copy_(0, idx, torch.bmm(rows, a_x[idx]).view(m, ph, c, pw))  # columns contracted
+    with torch.autocast(input.device.type, enabled=False):  # in the compute dtype even inside an autocast region
+        for b in torch.unique(batch).tolist():
+            boxes = torch.nonzero(batch == b).flatten()
+            feature = input[b].permute(1, 0, 2).reshape(h, c * w)  # (H, C*W)
+            for start in range(0, len(boxes), step):
+                idx = boxes[start : start + step]
+                m = len(idx)
+                rows = (a_y[idx].reshape(m * ph, h) @ feature).view(m, ph * c, w)  # rows contracted: (m, PH*C, W)
+                out.index_copy_(0, idx, torch.bmm(rows, a_x[idx]).view(m, ph, c, pw))  # columns contracted
     return out.permute(0, 2, 1, 3)
 
 

@@ -1,67 +1,158 @@
-"""The one description of a training run: a dataclass (no config framework), saved into every checkpoint's JSON."""
+"""The one description of a training run: :class:`TrainConfig`, a dataclass (no config framework) for all four tasks.
+
+A field left at ``None`` takes the task's default when the run starts (:meth:`TrainConfig.resolved`); the resolved
+configuration is what checkpoints record and what ``resume`` compares against. A field that does not apply to the
+run's task must stay at its default: setting it is refused by name (:class:`ConfigError`), never ignored.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+
+from convatlas.errors import InputError
+
+TASKS = ("classification", "segmentation", "text", "detection")
+IMAGE_TASKS = ("classification", "segmentation")
+OPTIMIZERS = ("sgd", "adamw", "adadelta")
+SCHEDULES = ("cosine", "constant")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+TEXT_MODES = ("rand", "static", "non-static", "multichannel")
+EXTERNAL_PROPOSALS = ("rcnn", "fast_rcnn")  # detectors that train on selective-search proposals
+
+# Fields that may differ from the saved configuration when a run is resumed. ``epochs`` extends (or shortens, down to
+# the epochs already done) the run; the cosine schedule is then recomputed for the new length. ``max_folds`` runs more
+# (or fewer) folds of a cross-validation. The others change how the run is executed, not what it computes.
+CHANGEABLE_ON_RESUME = (
+    "epochs",
+    "max_folds",
+    "save_every",
+    "log_every",
+    "eval_batch_size",
+    "num_workers",
+    "device",
+    "threads",
+    "data_dir",
+)
+
+# The tasks each task-specific field applies to; every other field applies to all four.
+APPLIES_TO = {
+    "image_size": IMAGE_TASKS,
+    "compile": IMAGE_TASKS,
+    "label_smoothing": ("classification", "segmentation", "text"),
+    "channels_last": ("classification", "segmentation", "detection"),
+    "augment": ("classification", "segmentation", "detection"),
+    "limit_test": ("classification", "segmentation", "detection"),
+    "data_dir": ("classification", "segmentation", "text"),
+    "num_workers": ("classification", "segmentation", "detection"),
+    "mode": ("text",),
+    "folds": ("text",),
+    "max_folds": ("text",),
+    "dev_fraction": ("text",),
+    "backbone": ("detection",),
+    "max_proposals": ("detection",),
+}
+
+# Per-task defaults of the fields left at None ("lr" and "momentum" depend on the optimiser, below).
+TASK_DEFAULTS = {
+    "classification": dict(epochs=5, batch_size=128, opt="sgd", schedule="cosine", warmup_epochs=0.5, min_lr=0.0,
+                           weight_decay=5e-4, clip_grad=0.0, label_smoothing=0.0),
+    "segmentation": dict(epochs=5, batch_size=16, opt="sgd", schedule="cosine", warmup_epochs=0.5, min_lr=0.0,
+                         weight_decay=5e-4, clip_grad=0.0, label_smoothing=0.0),
+    # Kim (2014): batches of 50, Adadelta (kim_cnn; AdamW for the encoders) at a constant rate, no weight decay;
+    # 10-fold cross-validation.
+    "text": dict(epochs=10, batch_size=50, schedule="constant", warmup_epochs=0.0, clip_grad=0.0,
+                 label_smoothing=0.0, eval_batch_size=500, mode="non-static", folds=10, dev_fraction=0.1),
+    "detection": dict(epochs=2, batch_size=4, opt="adamw", schedule="cosine", warmup_epochs=0.0, min_lr=0.0,
+                      weight_decay=1e-4, clip_grad=10.0, backbone="mobilenet_v3_small"),
+}  # fmt: skip
+DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3, "adadelta": 1.0}
+TEXT_ADAMW_WEIGHT_DECAY = 0.01  # the encoders of models.lightconv train with AdamW
+DEFAULT_MAX_PROPOSALS = 300
+
+
+class ConfigError(InputError):
+    """A field of a :class:`TrainConfig` breaks a rule.
+
+    Attributes:
+        field: the field's name (``"lr"``); the command line reports it as its option (``--lr``).
+        detail: what is wrong, without the field's name.
+    """
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field} {detail}")
+        self.field, self.detail = field, detail
 
 
 @dataclass
 class TrainConfig:
-    """A training run.
+    """A training run of any task.
 
     Attributes:
-        model: a registered model name (``convatlas models``).
-        data: a data spec (``fashion-mnist``, ``mnist5k``, ``imagefolder:DIR``, ``segfolder:IMAGES:MASKS``,
-            ``fashion-scenes``).
-        out: the run folder (checkpoints, ``metrics.jsonl``, plots).
-        model_args: extra keywords for ``create_model`` (``in_channels``/``num_classes`` come from the data).
-        task: ``"classification"`` or ``"segmentation"``; ``None`` takes the data's.
-        epochs: passes over the training set.
-        batch_size: the global batch (over all processes and accumulation steps).
-        accum_steps: gradient accumulation: each step runs this many micro-batches of ``batch_size / (world *
-            accum_steps)``.
-        lr: the peak learning rate.
-        opt: ``"sgd"`` (Nesterov momentum) or ``"adamw"``.
-        momentum: SGD momentum.
-        weight_decay: decoupled for AdamW, L2 for SGD; never applied to biases and norm weights.
-        warmup_epochs: linear warm-up from ``lr / 10`` (fractions allowed), then a cosine decay to ``min_lr``.
-        min_lr: the final learning rate.
-        label_smoothing: for the cross-entropy.
-        clip_grad: the maximum gradient norm (0 = no clipping).
-        amp: ``"auto"`` (bf16 on CUDA, off on CPU), ``"none"``, ``"bf16"`` or ``"fp16"`` (with a gradient scaler).
-        channels_last: use the channels-last memory format.
-        compile: wrap the model in ``torch.compile``.
-        seed: seeds initialisation, data order and augmentation.
+        model: a registered model name (``convatlas models``); its registry task is the run's task.
+        data: a data spec: ``fashion-mnist``, ``mnist5k``, ``imagefolder:DIR`` (classification);
+            ``segfolder:IMAGES:MASKS``, ``fashion-scenes[:key=value,...]`` (segmentation); ``mr``, ``cr``,
+            ``tsv:PATH`` (text); ``fashion-scenes[:...]``, ``coco:DIR``, ``voc:DIR`` (detection).
+        out: the run folder (checkpoints, ``metrics.jsonl``, plots; ``cv_results.json`` and ``fold-NN/`` for text).
+        task: ``None`` (the model's task) or the task, checked against the model's.
+        model_args: extra keywords for ``create_model``; those taken from the data (``num_classes``, ...) are refused.
+        epochs: passes over the training set (text: over each training fold).
+        batch_size: the global batch, over all processes and accumulation steps.
+        accum_steps: gradient accumulation: a step runs this many micro-batches of ``batch_size / (processes *
+            accum_steps)`` items.
+        lr: the peak learning rate (default by optimiser: sgd 0.1, adamw 1e-3, adadelta 1.0).
+        opt: ``"sgd"`` (Nesterov momentum), ``"adamw"`` or ``"adadelta"`` (rho 0.95, eps 1e-6, as Kim 2014).
+        momentum: SGD's momentum (default 0.9; only with ``opt="sgd"``).
+        weight_decay: decoupled for AdamW, L2 for SGD and Adadelta; never applied to biases and norm weights.
+        schedule: ``"cosine"`` (decay to ``min_lr`` at the last step) or ``"constant"``; both after the warm-up.
+        warmup_epochs: linear warm-up from ``lr / 10`` over this many epochs (fractions allowed).
+        min_lr: the final learning rate of the cosine schedule.
+        label_smoothing: of the cross-entropy (not for detection, whose losses are the detector's own).
+        clip_grad: the maximum gradient norm (0: no clipping).
+        amp: ``"auto"`` (bf16 on CUDA, off on CPU), ``"none"``, ``"bf16"`` (autocast on CPU and CUDA) or ``"fp16"``
+            (with a gradient scaler).
+        channels_last: the channels-last memory format for the model (and image inputs).
+        compile: wrap the model in ``torch.compile`` (classification and segmentation).
+        seed: seeds initialisation, data order, augmentation and the text folds.
         deterministic: ``torch.use_deterministic_algorithms`` and no cuDNN benchmarking.
-        image_size: resize inputs (batches, on the device) to this side; ``None`` keeps the data's size.
-        augment: random horizontal flips and shifts of up to ``image_size / 14`` pixels (seeded per step).
-        data_dir: where the data files are (default: the installed packages).
-        limit_train, limit_test: use only the first items of each split (quick runs).
-        eval_batch_size: the batch of evaluation (default: ``batch_size``).
+        image_size: resize image inputs to this side (classification and segmentation); ``None`` keeps them.
+        augment: random horizontal flips and shifts of up to 1/14 of the side; masks and boxes move with their
+            images (``convatlas.data.transforms``).
+        data_dir: where the data files are (default: the installed packages; detection data specs name their folder).
+        limit_train: use only this many training items (sentences for text), spread evenly over the set.
+        limit_test: use only this many test items (not for text, whose folds decide).
+        eval_batch_size: the batch of evaluation (default: ``batch_size``; text 500).
         save_every: also write the ``last`` checkpoint every this many steps (0: at the end of each epoch only).
         log_every: a ``metrics.jsonl`` step record every this many steps.
-        num_workers: DataLoader workers for datasets decoded per item (folders).
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        num_workers: DataLoader workers for datasets decoded per item (image folders, COCO, VOC).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         threads: CPU threads for torch (0: torch's default).
+        mode: text: ``"rand"``, ``"static"``, ``"non-static"`` or ``"multichannel"`` (the last for ``kim_cnn``).
+        folds: text: k of the k-fold cross-validation.
+        max_folds: text: run only the first folds (``None``: all).
+        dev_fraction: text: the share of each training fold held out to pick the best epoch.
+        backbone: detection: the zoo image model under the detector.
+        max_proposals: detection: selective-search proposals per image (``rcnn`` and ``fast_rcnn`` only).
     """
 
     model: str
     data: str
     out: str = "runs/train"
-    model_args: dict = field(default_factory=dict)
     task: str | None = None
-    epochs: int = 5
-    batch_size: int = 128
+    model_args: dict = field(default_factory=dict)
+    epochs: int | None = None
+    batch_size: int | None = None
     accum_steps: int = 1
-    lr: float = 0.1
-    opt: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.5
-    min_lr: float = 0.0
-    label_smoothing: float = 0.0
-    clip_grad: float = 0.0
+    lr: float | None = None
+    opt: str | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    warmup_epochs: float | None = None
+    min_lr: float | None = None
+    label_smoothing: float | None = None
+    clip_grad: float | None = None
     amp: str = "auto"
     channels_last: bool = False
     compile: bool = False
@@ -78,41 +169,160 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"
     threads: int = 0
-
-    def check(self) -> TrainConfig:
-        """Raise ``ValueError`` naming the field, the rule and the value for any out-of-range setting."""
-        rules = [
-            ("epochs", self.epochs >= 1, ">= 1"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("accum_steps", self.accum_steps >= 1, ">= 1"),
-            ("lr", self.lr > 0, "> 0"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
-            ("min_lr", 0 <= self.min_lr <= self.lr, "in [0, lr]"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("clip_grad", self.clip_grad >= 0, ">= 0"),
-            ("save_every", self.save_every >= 0, ">= 0"),
-            ("log_every", self.log_every >= 1, ">= 1"),
-            ("num_workers", self.num_workers >= 0, ">= 0"),
-            ("threads", self.threads >= 0, ">= 0"),
-        ]
-        for name, ok, rule in rules:
-            if not ok:
-                raise ValueError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(self, name)}")
-        choices = {"opt": ("sgd", "adamw"), "amp": ("auto", "none", "bf16", "fp16"), "device": ("auto", "cpu", "cuda")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.task not in (None, "classification", "segmentation"):
-            raise ValueError(f"--task {self.task}: the image engine trains classification or segmentation")
-        if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"--image-size must be >= 8, got {self.image_size}")
-        return self
+    mode: str | None = None
+    folds: int | None = None
+    max_folds: int | None = None
+    dev_fraction: float | None = None
+    backbone: str | None = None
+    max_proposals: int | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
+        """The inverse of :meth:`to_dict`.
+
+        Raises:
+            ConfigError: for an unknown field.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        for name in values:
+            if name not in known:
+                raise ConfigError(name, "is not a field of TrainConfig")
+        return cls(**values)
+
+    def resolved(self) -> TrainConfig:
+        """A copy with the task decided, the task's defaults filled in, and every field checked.
+
+        Raises:
+            ConfigError: naming the field, for a value out of range or a field that does not apply to the task.
+            ValueError: for an unknown model (with close matches).
+        """
+        from convatlas.models import model_info
+
+        task = model_info(self.model).task
+        if self.task is not None and self.task != task:
+            if self.task not in TASKS:
+                raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
+            raise ConfigError("task", f"{self.task}: {self.model} is a {task} model")
+        _refuse_foreign_fields(self, task)
+        values = {k: v for k, v in TASK_DEFAULTS[task].items() if getattr(self, k) is None}
+        config = dataclasses.replace(self, task=task, **values)
+        if config.opt is None:  # text: Adadelta for Kim's CNN, AdamW for the attention-style encoders
+            config.opt = "adadelta" if config.model == "kim_cnn" else "adamw"
+        config.lr = DEFAULT_LR.get(config.opt, 0.0) if config.lr is None else config.lr
+        _model_defaults(config)
+        if config.opt == "sgd" and config.momentum is None:
+            config.momentum = 0.9
+        return config.check()
+
+    def check(self) -> TrainConfig:
+        """Raise :class:`ConfigError` naming the field, the rule and the value for any setting out of range."""
+        if not isinstance(self.model_args, dict):
+            raise ConfigError("model_args", f"must be a dict of keywords, got {type(self.model_args).__name__}")
+        for name, allowed in (("opt", OPTIMIZERS), ("amp", AMP_MODES), ("schedule", SCHEDULES), ("mode", TEXT_MODES)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
+        for name, ok, rule in _range_rules(self):
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                raise ConfigError(name, f"must be {rule}, got {value}")
+        if self.momentum is not None and self.opt not in (None, "sgd"):
+            raise ConfigError("momentum", f"applies to opt 'sgd' only, not {self.opt!r}")
+        if self.min_lr is not None and self.lr is not None and self.min_lr > self.lr:
+            raise ConfigError("min_lr", f"must be <= lr ({self.lr}), got {self.min_lr}")
+        if self.min_lr is not None and self.schedule == "constant":
+            raise ConfigError("min_lr", "applies to schedule 'cosine' only, not 'constant'")
+        if self.max_folds is not None and self.folds is not None and self.max_folds > self.folds:
+            raise ConfigError("max_folds", f"must be <= folds ({self.folds}), got {self.max_folds}")
+        if not isinstance(self.device, str) or not _device_form(self.device):
+            raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        return self
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """The fields (except ``out``) whose values differ between two configurations."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k != "out" and a[k] != b[k]]
+
+
+def _finite(low: float, *, low_open: bool = False, high: float | None = None, high_open: bool = False):
+    def ok(v) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return False
+        above = v > low if low_open else v >= low
+        below = high is None or (v < high if high_open else v <= high)
+        return above and below
+
+    return ok
+
+
+def _integer(low: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _range_rules(c: TrainConfig) -> list:
+    return [
+        ("epochs", _integer(1), "an integer >= 1"),
+        ("batch_size", _integer(1), "an integer >= 1"),
+        ("accum_steps", _integer(1), "an integer >= 1"),
+        ("lr", _finite(0, low_open=True), "a finite number > 0"),
+        ("momentum", _finite(0, high=1, high_open=True), "in [0, 1)"),
+        ("weight_decay", _finite(0), "a finite number >= 0"),
+        ("warmup_epochs", _finite(0), "a finite number >= 0"),
+        ("min_lr", _finite(0), "a finite number >= 0"),
+        ("label_smoothing", _finite(0, high=1, high_open=True), "in [0, 1)"),
+        ("clip_grad", _finite(0), "a finite number >= 0 (0: off)"),
+        ("seed", _integer(0), "an integer >= 0"),
+        ("image_size", _integer(8), "an integer >= 8"),
+        ("limit_train", _integer(1), "an integer >= 1"),
+        ("limit_test", _integer(1), "an integer >= 1"),
+        ("eval_batch_size", _integer(1), "an integer >= 1"),
+        ("save_every", _integer(0), "an integer >= 0 (0: at epoch ends only)"),
+        ("log_every", _integer(1), "an integer >= 1"),
+        ("num_workers", _integer(0), "an integer >= 0"),
+        ("threads", _integer(0), "an integer >= 0 (0: torch's default)"),
+        ("folds", _integer(2), "an integer >= 2 for cross-validation"),
+        ("max_folds", _integer(1), "an integer >= 1"),
+        ("dev_fraction", _finite(0, low_open=True, high=0.5, high_open=True), "in (0, 0.5)"),
+        ("max_proposals", _integer(1), "an integer >= 1"),
+    ]
+
+
+def _device_form(name: str) -> bool:
+    kind, _, index = name.partition(":")
+    return name in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit())
+
+
+def _field_default(name: str):
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _refuse_foreign_fields(config: TrainConfig, task: str) -> None:
+    for name, tasks in APPLIES_TO.items():
+        if task not in tasks and getattr(config, name) != _field_default(name):
+            raise ConfigError(name, f"does not apply to a {task} run (it applies to {' and '.join(tasks)})")
+
+
+def _model_defaults(config: TrainConfig) -> None:
+    """The defaults and refusals that depend on the model within its task."""
+    if config.task == "text":
+        if config.mode == "multichannel" and config.model != "kim_cnn":
+            raise ConfigError("mode", f"multichannel exists only for kim_cnn, not {config.model}")
+        if config.weight_decay is None:
+            config.weight_decay = TEXT_ADAMW_WEIGHT_DECAY if config.opt == "adamw" else 0.0
+    if config.task == "detection":
+        if config.model in EXTERNAL_PROPOSALS:
+            config.max_proposals = config.max_proposals or DEFAULT_MAX_PROPOSALS
+            if config.augment:
+                raise ConfigError("augment", f"does not apply to {config.model}, which trains on the cached "
+                                  "selective-search proposals of the unaugmented images")  # fmt: skip
+        elif config.max_proposals is not None:
+            raise ConfigError("max_proposals", f"applies to rcnn and fast_rcnn only; {config.model} has an RPN")
+
+
+def quoted_fields(names) -> str:
+    """Field names quoted as `` `name` `` (the command line shows them as its options)."""
+    return ", ".join(f"`{n}`" for n in names)

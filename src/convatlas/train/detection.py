@@ -1,108 +1,68 @@
-"""Detection training and evaluation: the loop behind ``convatlas train --task detection`` and ``convatlas evaluate``.
+"""Object detection (R-CNN, Fast R-CNN, Faster R-CNN) as a task of the engine.
 
-The loop is deliberately plain: AdamW, a cosine learning-rate decay, gradient clipping, one list of images per step
-(sizes may differ), selective-search proposals computed once per image and cached for R-CNN and Fast R-CNN. The run
-folder gets a checkpoint (safetensors + JSON, see :mod:`convatlas.train.checkpoint`), ``metrics.json`` and
-``history.json``. Evaluation reports PASCAL VOC mAP@0.5 (all-point and 11-point), COCO mAP (pycocotools) and the
-inference time per image.
+A step is a list of images (sizes may differ) with their box targets; the loss is the sum of the detector's losses.
+Selective-search proposals for R-CNN and Fast R-CNN are computed once per image and cached, as in the papers (their
+time is counted in the reported time per image). Before every evaluation the batch-norm statistics are recomputed
+exactly over training images (:func:`precise_batch_norm`). Evaluation reports PASCAL VOC mAP@0.5 (all-point and
+11-point), the twelve COCO statistics (pycocotools) and the time per image; the ``best`` checkpoint has the best
+VOC mAP@0.5.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import functools
 import time
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
-from convatlas.data.detection import build_detection_dataset
+from convatlas.data.detection import build_detection_dataset, collate_detection
+from convatlas.data.transforms import augment_batch, flip_and_shift
 from convatlas.detection.evaluation import coco_evaluate, voc_evaluate
 from convatlas.detection.proposals import selective_search
-from convatlas.models import create_model, model_info
-from convatlas.train import checkpoint as ckpt
+from convatlas.train.checkpoint import ModelSpec, json_kwargs
+from convatlas.train.config import EXTERNAL_PROPOSALS, ConfigError
+from convatlas.train.task import Task, model_keywords
 
-EXTERNAL_PROPOSALS = ("rcnn", "fast_rcnn")
-
-
-def _arg(args, name: str, default):
-    value = getattr(args, name, None)
-    return default if value is None else value
-
-
-def detector_kwargs(args, num_classes: int) -> dict:
-    """The builder keywords of a run: the class count from the data, the backbone, and small-image settings.
-
-    ``fashion-scenes`` items are 21 to 49 pixels, so anchors of 16 to 128 pixels and fewer proposals fit it.
-    """
-    name = _arg(args, "model", "faster_rcnn")
-    if model_info(name).task != "detection":
-        raise ValueError(f"--model {name} is a {model_info(name).task} model; detection needs rcnn, fast_rcnn or "
-                         "faster_rcnn")  # fmt: skip
-    kwargs = {"num_classes": num_classes, "backbone": _arg(args, "backbone", "mobilenet_v3_small")}
-    small = _arg(args, "data", "fashion-scenes") == "fashion-scenes"
-    if name == "faster_rcnn" and small:
-        kwargs.update(anchor_sizes=(16.0, 32.0, 64.0, 128.0), rpn_pre_nms_top_n=(600, 300),
-                      rpn_post_nms_top_n=(300, 150), batch_size_per_image=128, representation_size=256)  # fmt: skip
-    if name == "fast_rcnn" and small:
-        kwargs.update(representation_size=256)
-    if name == "rcnn" and small:
-        kwargs.update(warp_size=64, context=5)
-    kwargs.update(_arg(args, "model_args", {}) or {})
-    return kwargs
+# fashion-scenes items are 21 to 49 pixels: anchors of 16 to 128 pixels and fewer proposals fit them.
+SMALL_SCENE_KWARGS = {
+    "faster_rcnn": dict(anchor_sizes=(16.0, 32.0, 64.0, 128.0), rpn_pre_nms_top_n=(600, 300),
+                        rpn_post_nms_top_n=(300, 150), batch_size_per_image=128, representation_size=256),
+    "fast_rcnn": dict(representation_size=256),
+    "rcnn": dict(warp_size=64, context=5),
+}  # fmt: skip
+PRECISE_BN_IMAGES = 200
 
 
 class ProposalCache:
-    """Selective search boxes per dataset index, computed on first use (R-CNN and Fast R-CNN)."""
+    """Selective-search boxes per dataset index, computed on first use, with the wall and CPU seconds each took."""
 
-    def __init__(self, dataset, *, max_proposals: int, mode: str = "fast"):
-        self.dataset, self.max_proposals, self.mode = dataset, max_proposals, mode
+    def __init__(self, *, max_proposals: int, mode: str = "fast") -> None:
+        self.max_proposals, self.mode = max_proposals, mode
         self.boxes: dict[int, Tensor] = {}
-        self.seconds = 0.0
+        self.seconds: dict[int, tuple[float, float]] = {}
 
     def __call__(self, index: int, image: Tensor) -> Tensor:
         if index not in self.boxes:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             self.boxes[index] = selective_search(image, mode=self.mode, max_proposals=self.max_proposals)
-            self.seconds += time.perf_counter() - start
+            self.seconds[index] = (time.perf_counter() - start, time.process_time() - cpu)
         return self.boxes[index]
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset, *, name: str, cache: ProposalCache | None, device, limit: int | None = None):
-    """Detections for the first ``limit`` items of ``dataset``, one image at a time, and seconds per image (wall
-    clock and process CPU time: the latter is what a single-threaded run costs on an unshared machine).
-
-    The time covers everything a user waits for per image: for R-CNN and Fast R-CNN it includes selective search.
-    """
-    model.eval()
-    detections, targets, sizes = [], [], []
-    elapsed = cpu = 0.0
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    for i in range(n):
-        image, target = dataset[i]
-        start, cpu_start = time.perf_counter(), time.process_time()
-        extra = {}
-        if name in EXTERNAL_PROPOSALS:
-            extra["proposals"] = [selective_search(image, max_proposals=cache.max_proposals).to(device)]
-        _, out = model([image.to(device)], **extra)
-        elapsed += time.perf_counter() - start
-        cpu += time.process_time() - cpu_start
-        detections.append({k: v.cpu() for k, v in out[0].items()})
-        targets.append(target)
-        sizes.append(tuple(image.shape[1:]))
-    return detections, targets, sizes, elapsed / max(n, 1), cpu / max(n, 1)
-
-
-@torch.no_grad()
-def precise_batch_norm(model: nn.Module, dataset, *, cache: ProposalCache | None, device, num_images: int = 200,
+def precise_batch_norm(model: nn.Module, dataset, *, cache=None, device, num_images: int = PRECISE_BN_IMAGES,
                        batch_size: int = 4) -> int:  # fmt: skip
     """Recompute every batch-norm layer's running statistics as exact averages over ``num_images`` training images.
 
     The zoo's MobileNets keep torchvision's batch-norm momentum of 0.01, so after a short run the running statistics
     still lag the weights and eval-mode detections suffer; detectron2's "precise BN" fixes that the same way. The
     forward passes are the training ones (sampled RoIs for R-CNN's crops), without gradients.
+
+    Args:
+        cache: ``cache(index, image) -> Tensor[P, 4]`` proposals (R-CNN, Fast R-CNN), or ``None``.
 
     Returns:
         the number of batch-norm layers updated.
@@ -130,183 +90,130 @@ def precise_batch_norm(model: nn.Module, dataset, *, cache: ProposalCache | None
     return len(layers)
 
 
-def metrics_of(detections, targets, sizes, num_classes: int) -> dict:
-    """VOC mAP@0.5 (all-point and 11-point) and the COCO statistics of one set of detections."""
+def detection_metrics(detections: list, targets: list, sizes: list, num_classes: int) -> dict[str, float]:
+    """VOC mAP@0.5 (all-point and 11-point) and the COCO statistics (``coco_ap``, ``coco_ap50``, ...)."""
+    coco = coco_evaluate(detections, targets, num_classes=num_classes, image_sizes=sizes)
     return {
         "voc_map50": voc_evaluate(detections, targets, num_classes=num_classes, method="all")["map"],
         "voc_map50_11point": voc_evaluate(detections, targets, num_classes=num_classes, method="11point")["map"],
-        "coco": coco_evaluate(detections, targets, num_classes=num_classes, image_sizes=sizes),
+        **{f"coco_{k.lower()}": float(v) for k, v in coco.items()},
     }
 
 
-def run(args) -> int:
-    """Train a detector and evaluate it on the test split; the handler of ``convatlas train --task detection``.
+class DetectionTask(Task):
+    """Detection on ``fashion-scenes[:...]``, ``coco:DIR`` or ``voc:DIR``."""
 
-    Reads from ``args`` (with defaults): ``model`` (faster_rcnn), ``backbone`` (mobilenet_v3_small), ``data``
-    (fashion-scenes), ``epochs`` (2), ``batch_size`` (4), ``lr`` (1e-3), ``seed`` (0), ``out`` (runs/MODEL-DATA),
-    ``train_images`` or ``limit_train`` (400 fashion scenes), ``test_images`` or ``limit_test`` (100), ``canvas``
-    or ``image_size`` (128, the scene side), ``max_proposals`` (300), ``max_minutes``
-    (none: a budget of process CPU time for training, robust to a shared machine; the cosine learning-rate decay
-    then follows the budget when that is further along than the step count),
-    ``device`` (cpu), ``threads`` (CPU threads), ``model_args`` (extra builder keywords).
+    kind = "detection"
+    select = "test_voc_map50"
+    shown = ("voc_map50", "coco_ap")
+    shown_train = ("loss",)
+    unused_parameters = True  # the backbone's classifier head and unused stages
 
-    Returns:
-        0 on success.
-    """
-    name = _arg(args, "model", "faster_rcnn")
-    data = _arg(args, "data", "fashion-scenes")
-    epochs, batch_size, lr = (
-        int(_arg(args, "epochs", 2)),
-        int(_arg(args, "batch_size", 4)),
-        float(_arg(args, "lr", 1e-3)),
-    )
-    seed = int(_arg(args, "seed", 0))
-    out = Path(_arg(args, "out", f"runs/{name}-{data.replace(':', '-').replace('/', '_')}"))
-    canvas = int(_arg(args, "canvas", _arg(args, "image_size", 128)))
-    num_train = int(_arg(args, "train_images", _arg(args, "limit_train", 400)))
-    num_test = int(_arg(args, "test_images", _arg(args, "limit_test", 100)))
-    max_minutes = _arg(args, "max_minutes", None)
-    device = torch.device(_arg(args, "device", "cpu"))
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
-    if _arg(args, "threads", 0):
-        torch.set_num_threads(int(args.threads))
-    torch.manual_seed(seed)
-    train_set = build_detection_dataset(data, "train", num_images=num_train, canvas=canvas,
-                                        seed=seed)  # fmt: skip
-    test_set = build_detection_dataset(data, "test", num_images=num_test, canvas=canvas,
-                                       seed=seed)  # fmt: skip
-    kwargs = detector_kwargs(args, train_set.num_classes)
-    model = create_model(name, **kwargs).to(device)
-    max_proposals = int(_arg(args, "max_proposals", 300))
-    cache = ProposalCache(train_set, max_proposals=max_proposals) if name in EXTERNAL_PROPOSALS else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps_per_epoch = math.ceil(len(train_set) / batch_size)
-    total = epochs * steps_per_epoch
-    if cache is not None:  # proposals are precomputed, as in the papers; their time is reported, not budgeted
-        for i in range(len(train_set)):
-            cache(i, train_set[i][0])
-        print(f"selective search on {len(train_set)} training images: {cache.seconds:.0f} s")
-    gen = torch.Generator().manual_seed(seed)
-    history, step, start, cpu_start = [], 0, time.perf_counter(), time.process_time()
-    stopped_early = False
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(train_set), generator=gen).tolist()
-        sums: dict[str, float] = {}
-        for b in range(steps_per_epoch):
-            indices = order[b * batch_size : (b + 1) * batch_size]
-            items = [train_set[i] for i in indices]
-            images = [im.to(device) for im, _ in items]
-            targets = [{k: v.to(device) for k, v in t.items()} for _, t in items]
-            extra = {}
-            if cache is not None:
-                extra["proposals"] = [cache(i, im).to(device) for i, (im, _) in zip(indices, items, strict=True)]
-            progress = step / total
-            if max_minutes is not None:  # a time budget: the schedule ends when the budget does, whichever first
-                progress = max(progress, (time.process_time() - cpu_start) / (60 * float(max_minutes)))
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-            losses, _ = model(images, targets, detect=False, **extra)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise ValueError(
-                    f"training diverged at step {step}: losses { ({k: v.item() for k, v in losses.items()}) }"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-            step += 1
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v.item()
-            if max_minutes is not None and time.process_time() - cpu_start > 60 * float(max_minutes):
-                stopped_early = True
-                break
-        record = {"epoch": epoch + 1, "step": step, **{k: v / max(b + 1, 1) for k, v in sums.items()}}
-        history.append(record)
-        print(f"epoch {epoch + 1}/{epochs} step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                                                                   if k.startswith("loss")))  # fmt: skip
-        if stopped_early:
-            print(f"stopped after {max_minutes} CPU minutes (step {step} of {total})")
-            break
-    train_seconds = time.perf_counter() - start
-    train_cpu_seconds = time.process_time() - cpu_start
-    precise_batch_norm(model, train_set, cache=cache, device=device)
-    detections, targets, sizes, per_image, cpu_per_image = predict(model, test_set, name=name, cache=cache,
-                                                                   device=device)  # fmt: skip
-    metrics = metrics_of(detections, targets, sizes, test_set.num_classes)
-    metrics.update(
-        seconds_per_image=per_image,
-        cpu_seconds_per_image=cpu_per_image,
-        train_seconds=train_seconds,
-        train_cpu_seconds=train_cpu_seconds,
-        train_steps=step,
-        train_images_seen=step * batch_size,
-        proposal_seconds=cache.seconds if cache is not None else 0.0,
-        test_images=len(test_set),
-    )
-    meta = {
-        "global_step": step,
-        "task": "detection",
-        "model": name,
-        "model_args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()},
-        "num_classes": train_set.num_classes,
-        "classes": list(train_set.classes),
-        "data": data,
-        "canvas": canvas,
-        "max_proposals": max_proposals,
-        "test_images": num_test,
-        "seed": seed,
-        "metrics": metrics,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-    ckpt.save_checkpoint(out, "last", tensors, meta)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    print(f"{name}: VOC mAP@0.5 {metrics['voc_map50']:.4f}, COCO mAP {metrics['coco']['AP']:.4f}, "
-          f"{1000 * per_image:.1f} ms/image ({1000 * cpu_per_image:.1f} ms of CPU), trained {train_seconds:.0f} s "
-          f"({step} steps); saved to {out}")  # fmt: skip
-    return 0
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        external = config.model in EXTERNAL_PROPOSALS
+        self.caches = {s: ProposalCache(max_proposals=config.max_proposals) for s in ("train", "test")} if external \
+            else None  # fmt: skip
 
+    @functools.cached_property
+    def train_set(self) -> Dataset:
+        return self._split("train", self.config.limit_train)
 
-def load_detector(checkpoint, *, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a trained detector from a run folder or checkpoint JSON.
+    @functools.cached_property
+    def test_set(self) -> Dataset:
+        return self._split("test", self.config.limit_test)
 
-    Returns:
-        (model in eval mode, the checkpoint's JSON record).
-    """
-    state, meta = ckpt.load_checkpoint(checkpoint)
-    if meta.get("task") != "detection":
-        raise ValueError(f"--checkpoint {checkpoint}: a {meta.get('task')} checkpoint, not a detection one")
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["model_args"].items()}
-    model = create_model(meta["model"], **kwargs)
-    model.load_state_dict(ckpt.prefixed(state, "model"))
-    return model.to(device).eval(), meta
+    def _split(self, split: str, limit: int | None) -> Dataset:
+        return build_detection_dataset(self.config.data, split, limit=limit)
 
+    def dataset(self, split: str) -> Dataset:
+        if split not in ("train", "test"):
+            raise ConfigError("split", f"must be train or test for a detection run, got {split!r}")
+        return self.train_set if split == "train" else self.test_set
 
-def evaluate(args) -> int:
-    """``convatlas evaluate --checkpoint DIR`` for a detection checkpoint: VOC and COCO metrics on the test split.
+    @property
+    def train_size(self) -> int:
+        return len(self.train_set)
 
-    Reads ``checkpoint`` and optionally ``data`` (default: the training data), ``test_images``, ``limit_test`` or
-    ``limit`` (default: as in training) and ``device``.
-    """
-    model, meta = load_detector(args.checkpoint, device=_arg(args, "device", "cpu"))
-    data = _arg(args, "data", meta["data"])
-    num_test = int(
-        _arg(args, "test_images", _arg(args, "limit_test", _arg(args, "limit", meta.get("test_images", 100))))
-    )
-    test_set = build_detection_dataset(data, "test", num_images=num_test,
-                                       canvas=int(meta.get("canvas", 128)), seed=int(meta.get("seed", 0)))  # fmt: skip
-    cache = ProposalCache(test_set, max_proposals=int(meta.get("max_proposals", 300)))
-    detections, targets, sizes, per_image, cpu_per_image = predict(model, test_set, name=meta["model"], cache=cache,
-                                                    device=_arg(args, "device", "cpu"))  # fmt: skip
-    metrics = metrics_of(detections, targets, sizes, test_set.num_classes)
-    coco = metrics["coco"]
-    print(
-        f"{meta['model']} on {data} test ({len(test_set)} images): VOC mAP@0.5 {metrics['voc_map50']:.4f} "
-        f"(11-point {metrics['voc_map50_11point']:.4f}), COCO mAP {coco['AP']:.4f}, AP50 {coco['AP50']:.4f}, "
-        f"AP75 {coco['AP75']:.4f}, {1000 * per_image:.1f} ms/image ({1000 * cpu_per_image:.1f} ms of CPU)"
-    )
-    return 0
+    def eval_size(self, split: str) -> int:
+        return len(self.dataset(split))
+
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.train_set.classes]
+
+    def split_classes(self, split: str) -> list[str]:
+        return [str(c) for c in self.dataset(split).classes]
+
+    def model_spec(self) -> ModelSpec:
+        c = self.config
+        fixed = {"num_classes": self.train_set.num_classes, "backbone": c.backbone}
+        if c.model in EXTERNAL_PROPOSALS:
+            fixed["max_proposals"] = c.max_proposals
+        small = SMALL_SCENE_KWARGS.get(c.model, {}) if c.data.split(":")[0] == "fashion-scenes" else {}
+        return ModelSpec(c.model, json_kwargs(model_keywords(c.model, {**small, **c.model_args}, fixed)))
+
+    def _proposals(self, split: str, indices: Sequence[int], images: Sequence[Tensor]) -> list[Tensor] | None:
+        if self.caches is None:
+            return None
+        return [self.caches[split](i, im) for i, im in zip(indices, images, strict=True)]
+
+    def _items(self, dataset: Dataset, indices: Sequence[Tensor]) -> Iterator[tuple[list, list]]:
+        if self.config.num_workers == 0:
+            for idx in indices:
+                yield collate_detection([dataset[i] for i in idx.tolist()])
+            return
+        sampler = [b.tolist() for b in indices]
+        yield from DataLoader(dataset, batch_sampler=sampler, num_workers=self.config.num_workers,
+                              collate_fn=collate_detection)  # fmt: skip
+
+    def batches(self, indices: Sequence[Tensor], seeds: Sequence[int | None]) -> Iterator[tuple]:
+        transform = flip_and_shift(self.kind) if self.config.augment else None
+        for idx, (images, targets), seed in zip(indices, self._items(self.train_set, indices), seeds, strict=True):
+            proposals = self._proposals("train", idx.tolist(), images)
+            if transform is not None and seed is not None:
+                images, targets = augment_batch(transform, self.kind, images, targets, seed=seed)
+            yield images, targets, proposals
+
+    def train_step(self, model: nn.Module, batch, device: torch.device) -> tuple[Tensor, dict[str, float]]:
+        images, targets, proposals = batch
+        extra = {"proposals": [p.to(device) for p in proposals]} if proposals is not None else {}
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        losses, _ = model([im.to(device) for im in images], targets, detect=False, **extra)
+        loss = sum(v.float() for v in losses.values())
+        n = float(len(images))
+        return loss, {"loss": loss.item() * n, **{k: v.item() * n for k, v in losses.items()}, "n": n}
+
+    def before_eval(self, model: nn.Module, device: torch.device) -> None:
+        cache = self.caches["train"] if self.caches is not None else None
+        precise_batch_norm(model, self.train_set, cache=cache, device=device)
+
+    @torch.no_grad()
+    def eval_part(self, model: nn.Module, split: str, indices: Tensor, device: torch.device, batch_size: int):
+        model.eval()
+        part = {"detections": [], "targets": [], "sizes": [], "seconds": 0.0, "cpu_seconds": 0.0}
+        for images, targets in self._items(self.dataset(split), list(indices.split(batch_size))):
+            chunk = indices[len(part["targets"]) : len(part["targets"]) + len(images)].tolist()
+            proposals = self._proposals(split, chunk, images)  # computed once per image, timed by the cache
+            start, cpu = time.perf_counter(), time.process_time()
+            extra = {"proposals": [p.to(device) for p in proposals]} if proposals is not None else {}
+            _, found = model([im.to(device) for im in images], **extra)
+            part["seconds"] += time.perf_counter() - start
+            part["cpu_seconds"] += time.process_time() - cpu
+            if self.caches is not None:  # what the user waits for per image includes selective search
+                wall, used = zip(*(self.caches[split].seconds[i] for i in chunk), strict=True)
+                part["seconds"] += sum(wall)
+                part["cpu_seconds"] += sum(used)
+            part["detections"] += [{k: v.cpu() for k, v in d.items()} for d in found]
+            part["targets"] += targets
+            part["sizes"] += [tuple(im.shape[-2:]) for im in images]
+        return part
+
+    def summarize(self, split: str, parts: list) -> dict[str, float]:
+        joined = {k: [x for p in parts for x in p[k]] for k in ("detections", "targets", "sizes")}
+        n = max(1, len(joined["targets"]))
+        metrics = detection_metrics(
+            joined["detections"], joined["targets"], joined["sizes"], len(self.split_classes(split)) - 1
+        )
+        metrics["seconds_per_image"] = sum(p["seconds"] for p in parts) / n
+        metrics["cpu_seconds_per_image"] = sum(p["cpu_seconds"] for p in parts) / n
+        return metrics

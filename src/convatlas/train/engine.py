@@ -1,121 +1,92 @@
-"""The training loop: one engine for image classification and segmentation, on one process or many (DDP).
+"""The training engine: one loop for classification, segmentation, text and detection, on one process or many (DDP).
 
-A run is fully described by a :class:`~convatlas.train.config.TrainConfig`. The data order of epoch ``e`` is a
-permutation drawn from ``(seed, e)``; step ``s`` takes the ``s``-th slice of ``batch_size`` indices, which the
-processes split evenly and each splits again into ``accum_steps`` micro-batches. Because the order is a function of
-``(seed, epoch, step)`` and the checkpoint stores the RNG states and the position, ``resume`` continues exactly where
-the last checkpoint stood, even in the middle of an epoch.
+A run is a :class:`~convatlas.train.config.TrainConfig` and a :class:`~convatlas.train.task.Task`. The data order of
+epoch ``e`` is a permutation drawn from ``(seed, e)``; step ``s`` takes the ``s``-th slice of ``batch_size`` indices,
+which the processes split evenly and each splits again into ``accum_steps`` micro-batches; augmentation is drawn per
+micro-batch from ``(seed, e, s, rank, micro-batch)``. Because all of that is a function of the position, and the
+checkpoint stores the RNG states and the position, a resumed run continues exactly where its last checkpoint stood,
+mid-epoch included: its final weights are bit-identical to an uninterrupted run's (on CPU; on GPU with
+``deterministic``).
+
+Order of work in :func:`fit`: check the configuration and the run folder (nothing written yet), read the checkpoint
+to resume, build the data and the model (every input error surfaces here, before any training), take the folder's
+lock, then train. SIGINT and SIGTERM end the run after the current step with a ``last`` checkpoint
+(:class:`TrainingInterrupted`); a non-finite loss ends it with :class:`TrainingDiverged`, keeping the last good
+checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
 
-from convatlas.data import build_dataset, collate
-from convatlas.models import create_model, model_info
+from convatlas.errors import InputError
+from convatlas.files import atomic_write
 from convatlas.train import checkpoint as ckpt
 from convatlas.train import distributed as dist_utils
-from convatlas.train.config import TrainConfig
-from convatlas.train.metrics import MetricsLog, accuracy, confusion_matrix, mean_iou
-from convatlas.train.plots import plot_confusion, plot_curves, plot_masks
+from convatlas.train.checkpoint import CheckpointError, CheckpointRecord, Progress
+from convatlas.train.config import CHANGEABLE_ON_RESUME, ConfigError, TrainConfig, quoted_fields
+from convatlas.train.metrics import MetricsLog
+from convatlas.train.optim import amp_dtype, build_optimizer, build_scheduler, sync_learning_rate
+from convatlas.train.plots import plot_curves
+from convatlas.train.runfolder import RunFolder, StopSignals, hold
+from convatlas.train.task import Task, build_task
 
-IGNORE_INDEX = 255
-
-
-class TrainingDiverged(ValueError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Inputs
+LABELS = {"miou": "mIoU", "voc_map50": "mAP@0.5", "coco_ap": "COCO mAP"}
 
 
-def prepare_inputs(
-    x: Tensor,
-    *,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    image_size: int | None,
-    device: torch.device,
-    channels_last: bool = False,
-) -> Tensor:
-    """Move a batch to the device, resize it to ``image_size`` (bilinear) and normalise it per channel.
+class TrainingDiverged(InputError):
+    """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
 
-    Args:
-        x (Tensor[N, C, H, W]): images in [0, 1].
 
-    Returns:
-        Tensor[N, C, image_size, image_size] (or the input size), float32.
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM ended the run after a ``last`` checkpoint was written.
+
+    Attributes:
+        signum: the signal.
+        checkpoint: the checkpoint's JSON file (``None`` in processes other than the main one).
     """
-    x = x.to(device, non_blocking=True).float()
-    if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
-    m = torch.tensor(mean, device=device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device, dtype=x.dtype).view(1, -1, 1, 1)
-    x = (x - m) / s
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    def __init__(self, signum: int, checkpoint: Path | None, progress: Progress) -> None:
+        super().__init__(f"stopped by signal {signum} at epoch {progress.epoch + 1} step {progress.step}")
+        self.signum, self.checkpoint, self.progress = signum, checkpoint, progress
 
 
-def _resize_masks(y: Tensor, image_size: int | None) -> Tensor:
-    if image_size is None or tuple(y.shape[-2:]) == (image_size, image_size):
-        return y
-    return F.interpolate(y[:, None].float(), size=(image_size, image_size), mode="nearest")[:, 0].long()
+@dataclass
+class RunResult:
+    """What a finished run reports.
 
-
-def augment_batch(x: Tensor, y: Tensor, gen: torch.Generator, *, segmentation: bool) -> tuple[Tensor, Tensor]:
-    """Random horizontal flips and shifts of up to ``H / 14`` pixels (zero fill), one draw per sample from ``gen``.
-
-    Args:
-        x (Tensor[N, C, H, W]): images.
-        y (Tensor[N] or Tensor[N, H, W]): labels, or masks (moved with their images, filled with ``255``).
+    Attributes:
+        out: the run folder.
+        task: the task's name.
+        epochs: epochs completed.
+        global_step: optimiser steps done.
+        seconds: wall time of this process's training (0 for a run that was already complete).
+        final: the evaluation metrics of the last epoch (``"test_acc"``, ``"dev_acc"``, ``"test_voc_map50"``, ...).
+        best: the metrics of the epoch with the best selection metric (the ``best`` checkpoint's).
+        best_epoch: that epoch.
+        classes: the class names.
     """
-    n, _, h, w = x.shape
-    pad = max(1, h // 14)
-    flips = torch.rand(n, generator=gen) < 0.5
-    shifts = torch.randint(-pad, pad + 1, (n, 2), generator=gen)
-    x = x.clone()
-    y = y.clone()
-    for i in range(n):
-        dy, dx = int(shifts[i, 0]), int(shifts[i, 1])
-        xi = x[i].flip(-1) if flips[i] else x[i]
-        x[i] = _shift(xi, dy, dx, 0)
-        if segmentation:
-            yi = y[i].flip(-1) if flips[i] else y[i]
-            y[i] = _shift(yi, dy, dx, IGNORE_INDEX)
-    return x, y
 
-
-def _shift(t: Tensor, dy: int, dx: int, fill: float) -> Tensor:
-    out = torch.full_like(t, fill)
-    h, w = t.shape[-2:]
-    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = t[
-        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
-    ]
-    return out
-
-
-def _fetch(dataset: Dataset, batches: list[Tensor], num_workers: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield the batches (index tensors) of ``dataset``: whole-batch indexing for in-memory sets, else a DataLoader."""
-    if hasattr(dataset, "get_batch"):
-        for idx in batches:
-            yield dataset.get_batch(idx)
-        return
-    loader = DataLoader(
-        dataset, batch_sampler=[b.tolist() for b in batches], num_workers=num_workers, collate_fn=collate
-    )
-    yield from loader
+    out: str
+    task: str
+    epochs: int
+    global_step: int
+    seconds: float
+    final: dict[str, float]
+    best: dict[str, float]
+    best_epoch: int
+    classes: list[str]
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
@@ -123,149 +94,110 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Model, optimiser, schedule
-
-
-def build_model(name: str, *, task: str, num_classes: int, in_channels: int, model_args: dict) -> nn.Module:
-    """``create_model(name, num_classes=..., in_channels=..., **model_args)`` after checking the model's task.
+def run_config(out: str | os.PathLike) -> TrainConfig:
+    """The configuration of the run (or cross-validation) in ``out``, to resume it with some fields changed.
 
     Raises:
-        ValueError: for an unknown model (with close matches), a bad keyword, or a model of another task.
+        CheckpointError: when ``out`` holds no run.
     """
-    info = model_info(name)
-    if info.task != task:
-        raise ValueError(f"--model {name} is a {info.task} model but the data is a {task} set")
-    clash = {"num_classes", "in_channels"} & set(model_args)
-    if clash:
-        raise ValueError(f"--model-arg {', '.join(sorted(clash))}: taken from the data, do not pass it")
-    return create_model(name, num_classes=num_classes, in_channels=in_channels, **model_args)
+    if (Path(out) / "cv_results.json").is_file():
+        from convatlas.train.text import read_cv_config
+
+        return read_cv_config(out)
+    record, path = ckpt.read_record(out, "last")
+    try:
+        return TrainConfig.from_dict(record.config)
+    except ConfigError as err:
+        raise CheckpointError(f"checkpoint {path}: its configuration is not valid ({err})") from None
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW; biases and normalisation weights (1-d parameters) get no weight decay."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if config.opt == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
-    return torch.optim.AdamW(groups, lr=config.lr)
-
-
-def lr_factor(step: int, *, total: int, warmup: int, min_ratio: float) -> float:
-    """The learning-rate multiplier at ``step``: linear warm-up from 0.1 to 1, then cosine decay to ``min_ratio``."""
-    if step < warmup:
-        return 0.1 + 0.9 * step / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if config.amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
-
-
-def loss_fn(logits: Tensor, target: Tensor, *, label_smoothing: float) -> Tensor:
-    """Cross-entropy in float32 over classes (``Tensor[N, K]``) or pixels (``Tensor[N, K, H, W]``, 255 ignored)."""
-    if logits.ndim == 4 and tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-    return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing, ignore_index=IGNORE_INDEX)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    dataset: Dataset,
-    *,
-    meta: dict,
-    batch_size: int = 256,
-    device: torch.device | None = None,
-    info: dist_utils.DistInfo | None = None,
-    channels_last: bool = False,
-    amp: torch.dtype | None = None,
-    num_workers: int = 0,
-) -> dict:
-    """Loss, accuracy and the confusion matrix (and mean IoU for segmentation) of ``model`` on ``dataset``.
-
-    Under DDP each process takes every ``world_size``-th item and the sums are reduced, so every process returns
-    the metrics of the whole set.
+def fit(config: TrainConfig, task: Task | None = None, *, resume: bool = False, overwrite: bool = False) -> RunResult:
+    """Train (or resume) the run ``config`` describes; write checkpoints, ``metrics.jsonl`` and plots to ``config.out``.
 
     Args:
-        meta: the run's description: ``task``, ``num_classes``, ``mean``, ``std``, ``image_size``.
+        config: the run (its ``None`` fields take the task's defaults).
+        task: the task object; default :func:`~convatlas.train.task.build_task` (text runs are given theirs by
+            :func:`~convatlas.train.text.cross_validate`).
+        resume: continue the run in ``config.out`` from its ``last`` checkpoint. ``config`` must equal the saved
+            configuration (:func:`run_config`) except in :data:`~convatlas.train.config.CHANGEABLE_ON_RESUME`.
+        overwrite: remove the run files in ``config.out`` first (other files stay).
 
     Returns:
-        ``{"loss", "acc", "cm" (Tensor[K, K]), "miou" (segmentation)}``.
+        the run's final and best metrics.
+
+    Raises:
+        ConfigError: naming the field, for a bad setting, a run folder that is taken or unwritable, or a setting
+            that differs from the resumed run's.
+        CheckpointError: when the checkpoint to resume is missing or corrupted.
+        TrainingDiverged: when the loss stops being finite.
+        TrainingInterrupted: after SIGINT or SIGTERM (a ``last`` checkpoint was written).
     """
-    info = info or dist_utils.DistInfo(device=device or torch.device("cpu"))
-    device = info.device
-    was_training = model.training
-    model.eval()
-    k = meta["num_classes"]
-    cm = torch.zeros(k, k, dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.float64, device=device)
-    indices = torch.arange(info.rank, len(dataset), info.world_size)
-    batches = list(indices.split(batch_size))
-    for x, y in _fetch(dataset, batches, num_workers):
-        x = prepare_inputs(
-            x,
-            mean=meta["mean"],
-            std=meta["std"],
-            image_size=meta["image_size"],
-            device=device,
-            channels_last=channels_last,
-        )
-        y = y.to(device)
-        if meta["task"] == "segmentation":
-            y = _resize_masks(y, meta["image_size"])
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(x)
-        if logits.ndim == 4 and tuple(logits.shape[-2:]) != tuple(y.shape[-2:]):
-            logits = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
-        n = (y != IGNORE_INDEX).sum() if meta["task"] == "segmentation" else torch.tensor(y.shape[0], device=device)
-        loss_sum += loss_fn(logits, y, label_smoothing=0.0).double() * n
-        count += n
-        cm += confusion_matrix(logits.argmax(1), y, k, ignore_index=IGNORE_INDEX)
-    cm = dist_utils.all_reduce_sum(cm, info)
-    loss_sum = dist_utils.all_reduce_sum(loss_sum, info)
-    count = dist_utils.all_reduce_sum(count, info)
-    model.train(was_training)
-    result = {"loss": (loss_sum / count.clamp(min=1)).item(), "acc": accuracy(cm), "cm": cm.cpu()}
-    if meta["task"] == "segmentation":
-        result["miou"] = mean_iou(cm)
-    return result
+    config = config.resolved()
+    folder = RunFolder(config.out)
+    folder.check(resume=resume, overwrite=overwrite)
+    saved = _saved_run(config) if resume else None
+    with _torch_settings(config):
+        info = dist_utils.setup(config.device)
+        try:
+            run = _Run(config, task or build_task(config), info)
+            with hold(folder, info, resume=resume, overwrite=overwrite), StopSignals() as signals:
+                if saved is not None and ckpt.read_record(config.out, "last")[0].tensors != saved[1].tensors:
+                    raise ConfigError("out", f"{config.out}: its last checkpoint changed while this run was starting "
+                                      "(another process?); resume again")  # fmt: skip
+                run.start(saved)
+                return run.train(signals)
+        finally:
+            dist_utils.cleanup(info)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# The run
+def _saved_run(config: TrainConfig) -> tuple[dict[str, Tensor], CheckpointRecord]:
+    """The checkpoint to resume, after checking that ``config`` may continue it."""
+    tensors, record = ckpt.load_checkpoint(config.out, "last")
+    try:
+        saved = TrainConfig.from_dict(record.config)
+    except ConfigError as err:
+        raise CheckpointError(f"checkpoint {config.out}: its configuration is not valid ({err})") from None
+    changed = [k for k in config.differences(saved) if k not in CHANGEABLE_ON_RESUME]
+    if changed:
+        name = changed[0]
+        raise ConfigError(name, f"is {getattr(config, name)!r} but the run in {config.out} was trained with "
+                          f"{getattr(saved, name)!r}; on resume only {quoted_fields(CHANGEABLE_ON_RESUME)} may "
+                          "change")  # fmt: skip
+    if config.epochs < record.progress.epoch:
+        raise ConfigError("epochs", f"is {config.epochs} but the run in {config.out} has already completed "
+                          f"{record.progress.epoch} epochs")  # fmt: skip
+    return tensors, record
+
+
+@contextlib.contextmanager
+def _torch_settings(config: TrainConfig):
+    """Threads and deterministic algorithms for the run, restored afterwards."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 class _Progress:
     """A rich progress bar on a terminal (main process only); one line per epoch otherwise."""
 
     def __init__(self, enabled: bool, total: int, completed: int) -> None:
-        self.bar = None
-        self.enabled = enabled
+        self.bar, self.enabled = None, enabled
         if enabled and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.bar = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"),
-                TimeElapsedColumn(),
-            )
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[stats]}"), TimeElapsedColumn())  # fmt: skip
             self.bar.start()
             self.task = self.bar.add_task("train", total=total, completed=completed, stats="")
 
@@ -274,340 +206,331 @@ class _Progress:
             self.bar.update(self.task, advance=1, description=description, stats=stats)
 
     def line(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.console.print(text)
-        else:
-            print(text, flush=True)
+        if self.enabled:
+            (self.bar.console.print if self.bar is not None else print)(text)
+            sys.stdout.flush()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
 
 
-def _task_of(dataset: Dataset, config: TrainConfig) -> str:
-    task = config.task or dataset.task
-    if task != dataset.task:
-        raise ValueError(f"--task {task} does not fit --data {config.data}, a {dataset.task} set")
-    return task
-
-
-def train(config: TrainConfig, *, resume: bool = False) -> dict:
-    """Train (or resume) the run ``config`` describes; write checkpoints, ``metrics.jsonl`` and plots to ``config.out``.
-
-    Args:
-        config: the run.
-        resume: continue from ``config.out``'s ``last`` checkpoint; its configuration wins.
+def evaluate(
+    task: Task,
+    model: nn.Module,
+    split: str,
+    *,
+    device: torch.device,
+    batch_size: int,
+    amp: torch.dtype | None = None,
+    info: dist_utils.DistInfo | None = None,
+) -> dict[str, float]:
+    """The metrics of ``model`` on one split of ``task`` (each process evaluates every ``world_size``-th item and
+    the partial results are gathered, so every process returns the metrics of the whole split).
 
     Returns:
-        the final test metrics: ``{"test_acc", "test_loss", ("test_miou"), "epochs", "seconds", "out"}``.
-
-    Raises:
-        ValueError: for bad settings, a model of the wrong task, an existing run folder without ``resume``.
-        TrainingDiverged: when the loss stops being finite (the last good checkpoint is kept).
-        CheckpointError: when the checkpoint to resume is missing or corrupted.
+        ``{metric: value}`` without the split's prefix; NaN becomes ``None``.
     """
-    out = Path(config.out)
-    state, saved_meta = None, None
-    if resume:
-        state, saved_meta = ckpt.load_checkpoint(out, "last")
-        config = TrainConfig.from_dict({**saved_meta["config"], "out": str(out)})
-    elif (out / "last.json").exists():
-        raise ValueError(f"--out {out} already holds a run (last.json); pass --resume to continue it or pick another")
-    config.check()
-    if config.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    info = dist_utils.setup(config.device)
-    try:
-        return _run(config, info, state, saved_meta)
-    finally:
-        dist_utils.cleanup()
+    info = info or dist_utils.DistInfo(device=device)
+    was_training = model.training
+    model.eval()
+    indices = torch.arange(info.rank, task.eval_size(split), info.world_size)
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        part = task.eval_part(model, split, indices, device, batch_size)
+    metrics = task.summarize(split, dist_utils.gather(part, info))
+    model.train(was_training)
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
 
-def _run(config: TrainConfig, info: dist_utils.DistInfo, state: dict | None, saved_meta: dict | None) -> dict:
-    out = Path(config.out)
-    device = info.device
-    opts = {"data_dir": config.data_dir}
-    train_set = build_dataset(config.data, split="train", limit=config.limit_train, **opts)
-    test_set = build_dataset(config.data, split="test", limit=config.limit_test, **opts)
-    task = _task_of(train_set, config)
-    world, accum = info.world_size, config.accum_steps
-    if config.batch_size % (world * accum):
-        raise ValueError(
-            f"--batch-size {config.batch_size} must be divisible by processes x --accum-steps = {world} x {accum}"
+def _augment_seed(seed: int, epoch: int, step: int, rank: int, micro: int) -> int:
+    return hash((seed, epoch, step, rank, micro)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class _Run:
+    """The state of one run and the steps of its loop."""
+
+    def __init__(self, config: TrainConfig, task: Task, info: dist_utils.DistInfo) -> None:
+        self.config, self.task, self.info, self.device = config, task, info, info.device
+        self.out = Path(config.out)
+        world, accum = info.world_size, config.accum_steps
+        if config.batch_size % (world * accum):
+            raise ConfigError("batch_size", f"{config.batch_size} must be divisible by processes x `accum_steps` = "
+                              f"{world} x {accum}")  # fmt: skip
+        self.micro = config.batch_size // (world * accum)
+        self.steps_per_epoch = task.train_size // config.batch_size
+        if self.steps_per_epoch < 1:
+            raise ConfigError("batch_size", f"{config.batch_size} is larger than the training set ({task.train_size} "
+                              "items)")  # fmt: skip
+        for split in task.eval_splits:
+            if task.eval_size(split) < 1:
+                raise ConfigError("data", f"{config.data}: the {split} split is empty")
+        torch.manual_seed(task.seed)
+        self.raw = task.build_model().to(self.device)
+        if config.channels_last:
+            self.raw = self.raw.to(memory_format=torch.channels_last)
+        self.spec, self.classes, self.inputs = task.model_spec(), task.classes(), task.input_spec()
+        self.optimizer = build_optimizer(self.raw, config)
+        self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.amp = amp_dtype(config.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
+        self.progress = Progress(world_size=world)
+        self.log = MetricsLog(self.out / "metrics.jsonl")
+        self.model: nn.Module = self.raw
+        self.evaluated = False
+
+    def start(self, saved: tuple[dict[str, Tensor], CheckpointRecord] | None) -> None:
+        """Restore the saved state (or start afresh) and wrap the model for compilation and DDP."""
+        if saved is not None:
+            tensors, record = saved
+            ckpt.load_state(self.raw, ckpt.prefixed(tensors, "model"), self.out / "last.json")
+            opt_state = ckpt.unflatten_optimizer(ckpt.prefixed(tensors, "optimizer"), record.optimizer)
+            self.optimizer.load_state_dict(opt_state)
+            self.scheduler.load_state_dict(record.scheduler)
+            sync_learning_rate(self.scheduler)  # the schedule's length follows `epochs`, which may have changed
+            if record.scaler:
+                self.scaler.load_state_dict(record.scaler)
+            ckpt.restore_rng(ckpt.prefixed(tensors, "rng"))
+            self.progress = dataclasses.replace(record.progress, world_size=self.info.world_size)
+            if record.progress.world_size != self.info.world_size and self.info.is_main:
+                print(f"note: resuming a {record.progress.world_size}-process run on {self.info.world_size}; the "
+                      "data order is kept")  # fmt: skip
+            self.log.load(self.progress.global_step)
+        if self.config.compile:
+            self.model = torch.compile(self.model)
+        if self.info.distributed:
+            cuda = self.device.type == "cuda"
+            self.model = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None,
+                                                 find_unused_parameters=self.task.unused_parameters)  # fmt: skip
+
+    def train(self, signals: StopSignals) -> RunResult:
+        """Run the remaining epochs; write the end-of-run pictures."""
+        start = time.perf_counter()
+        total = self.steps_per_epoch * self.config.epochs
+        bar = _Progress(self.info.is_main, total, self.progress.global_step)
+        try:
+            while self.progress.epoch < self.config.epochs:
+                self._epoch(signals, bar)
+                self._end_epoch(bar, start)
+                if dist_utils.any_true([signals.received is not None], self.info)[0]:
+                    self._stop(signals)
+        finally:
+            bar.close()
+        if self.info.is_main and self.evaluated:
+            self.task.finish(self.raw, self.out, self.device)
+        p = self.progress
+        seconds = time.perf_counter() - start if self.evaluated else 0.0
+        return RunResult(str(self.out), self.task.kind, p.epoch, p.global_step, seconds, dict(p.last_metrics),
+                         dict(p.best_metrics), p.best_epoch, list(self.classes))  # fmt: skip
+
+    def _plan(self, epoch: int, first_step: int) -> tuple[list[Tensor], list[int | None]]:
+        """This process's micro-batches (training indices) of the steps left in ``epoch``, and their augmentation
+        seeds."""
+        c, info = self.config, self.info
+        order = epoch_order(self.task.train_size, self.task.seed, epoch)
+        indices, seeds = [], []
+        for s in range(first_step, self.steps_per_epoch):
+            mine = order[s * c.batch_size : (s + 1) * c.batch_size].view(info.world_size, -1)[info.rank]
+            for m, idx in enumerate(mine.view(c.accum_steps, self.micro)):
+                indices.append(idx)
+                seeds.append(_augment_seed(self.task.seed, epoch, s, info.rank, m) if c.augment else None)
+        return indices, seeds
+
+    def _epoch(self, signals: StopSignals, bar: _Progress) -> None:
+        p = self.progress
+        data = self.task.batches(*self._plan(p.epoch, p.step))
+        self.model.train()
+        tick, seen = time.perf_counter(), 0
+        while p.step < self.steps_per_epoch:
+            loss, stop = self._step(data, signals)
+            p.step += 1
+            p.global_step += 1
+            seen += self.config.batch_size
+            self._after_step(loss, seen / max(time.perf_counter() - tick, 1e-9), bar)
+            if stop:
+                self._stop(signals)
+
+    def _step(self, data, signals: StopSignals) -> tuple[float, bool]:
+        """One optimiser step over ``accum_steps`` micro-batches; returns the loss and whether to stop after it."""
+        c, p = self.config, self.progress
+        losses = []
+        for m in range(c.accum_steps):
+            batch = next(data)
+            quiet = self.info.distributed and m < c.accum_steps - 1  # all-reduce the gradients once per step
+            with self.model.no_sync() if quiet else contextlib.nullcontext():
+                with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                    loss, sums = self.task.train_step(self.model, batch, self.device)
+                self.scaler.scale(loss / c.accum_steps).backward()
+            losses.append(loss.detach().float())
+            for key, value in sums.items():
+                p.sums[key] = p.sums.get(key, 0.0) + value
+        step_loss = torch.stack(losses).mean().item()
+        diverged, stop = dist_utils.any_true([not math.isfinite(step_loss), signals.received is not None], self.info)
+        if diverged:
+            self._diverged(step_loss)
+        if c.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), c.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.task.after_step(self.raw)
+        return step_loss, stop
+
+    def _diverged(self, loss: float) -> None:
+        p, last = self.progress, self.out / "last.json"
+        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"loss is {loss} at epoch {p.epoch + 1} step {p.step + 1} (global step {p.global_step + 1}); stopped, "
+            f"{kept}; try a lower `lr` (now {self.config.lr}) or `clip_grad`"
         )
-    micro = config.batch_size // (world * accum)
-    steps_per_epoch = len(train_set) // config.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"--batch-size {config.batch_size} is larger than the training set ({len(train_set)} items)")
-    sample = train_set[0][0]
-    meta = {
-        "task": task,
-        "model": config.model,
-        "model_args": config.model_args,
-        "num_classes": train_set.num_classes,
-        "in_channels": train_set.in_channels,
-        "classes": list(train_set.classes),
-        "mean": list(train_set.mean),
-        "std": list(train_set.std),
-        "image_size": config.image_size,
-        "data_size": list(sample.shape[-2:]),
-        "config": config.to_dict(),
-    }
 
-    torch.manual_seed(config.seed)
-    model = build_model(
-        config.model,
-        task=task,
-        num_classes=meta["num_classes"],
-        in_channels=meta["in_channels"],
-        model_args=config.model_args,
-    ).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, config)
-    total_steps = steps_per_epoch * config.epochs
-    warmup = round(config.warmup_epochs * steps_per_epoch)
-    min_ratio = config.min_lr / config.lr
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total=total_steps, warmup=warmup, min_ratio=min_ratio)
-    )
-    amp = _amp_dtype(config, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    def _after_step(self, loss: float, rate: float, bar: _Progress) -> None:
+        c, p = self.config, self.progress
+        n = max(p.sums.get("n", 0.0), 1.0)
+        running = " ".join(f"{k} {p.sums[k] / n:.4f}" for k in self.task.shown_train if k != "loss" and k in p.sums)
+        bar.update(f"epoch {p.epoch + 1}/{c.epochs}", f"loss {loss:.4f} {running} {rate:,.0f} items/s")
+        if self.info.is_main and p.global_step % c.log_every == 0:
+            self.log.write({"kind": "step", "epoch": p.epoch + 1, "global_step": p.global_step, "loss": loss,
+                            "lr": self.scheduler.get_last_lr()[0], "items_per_s": rate})  # fmt: skip
+        if c.save_every and p.global_step % c.save_every == 0 and p.step < self.steps_per_epoch:
+            self._save("last")
+            dist_utils.barrier(self.info)
 
-    epoch, step, global_step, best = 0, 0, 0, -1.0
-    sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n of the current epoch so far
-    log = MetricsLog(out / "metrics.jsonl")
-    if state is not None:
-        model.load_state_dict(ckpt.prefixed(state, "model"))
-        optimizer.load_state_dict(ckpt.unflatten_optimizer(ckpt.prefixed(state, "optimizer"), saved_meta["optimizer"]))
-        scheduler.load_state_dict(saved_meta["scheduler"])
-        if saved_meta.get("scaler"):
-            scaler.load_state_dict(saved_meta["scaler"])
-        ckpt.restore_rng(ckpt.prefixed(state, "rng"))
-        epoch, step, global_step = saved_meta["epoch"], saved_meta["step"], saved_meta["global_step"]
-        best = saved_meta["best"]
-        sums = torch.tensor(saved_meta["sums"], dtype=torch.float64)
-        if saved_meta.get("world_size", 1) != world and info.is_main:
-            print(f"note: resuming a {saved_meta['world_size']}-process run on {world}; the data order is kept")
-        if info.is_main:
-            log.truncate_after(global_step)
-    elif info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        log.path.unlink(missing_ok=True)
+    def _train_metrics(self) -> dict[str, float]:
+        """The epoch's training averages over every process (``train_loss``, ``train_acc``, ...)."""
+        keys = sorted(self.progress.sums)
+        values = torch.tensor([self.progress.sums[k] for k in keys], dtype=torch.float64, device=self.device)
+        sums = dict(zip(keys, dist_utils.all_reduce_sum(values, self.info).tolist(), strict=True))
+        n = max(sums.pop("n", 0.0), 1.0)
+        return {f"train_{k}": v / n for k, v in sums.items()}
 
-    raw = model
-    if config.compile:
-        model = torch.compile(model)
-    if info.distributed:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    def _evaluate(self) -> dict[str, float]:
+        self.task.before_eval(self.raw, self.device)
+        dist_utils.broadcast_buffers(self.raw, self.info)  # every process evaluates with rank 0's statistics
+        batch = self.config.eval_batch_size or self.config.batch_size
+        metrics = {}
+        for split in self.task.eval_splits:
+            found = evaluate(self.task, self.raw, split, device=self.device, batch_size=batch, amp=self.amp,
+                             info=self.info)  # fmt: skip
+            metrics.update({f"{split}_{k}": v for k, v in found.items()})
+        self.evaluated = True
+        return metrics
 
-    def save(tag: str) -> None:
-        if not info.is_main:
+    def _end_epoch(self, bar: _Progress, start: float) -> None:
+        """Reduce the training sums, evaluate, log, checkpoint (``last``, and ``best`` when it improved), plot."""
+        p = self.progress
+        train = self._train_metrics()
+        metrics = self._evaluate()
+        p.epoch, p.step, p.sums, p.last_metrics = p.epoch + 1, 0, {}, metrics
+        score = metrics.get(self.task.select)
+        improved = score is not None and (p.best_score is None or score > p.best_score)
+        if improved:
+            p.best_score, p.best_epoch, p.best_metrics = score, p.epoch, dict(metrics)
+        record = {"kind": "epoch", "epoch": p.epoch, "global_step": p.global_step, **train, **metrics,
+                  "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - start}  # fmt: skip
+        bar.line(self._epoch_line(record))
+        if self.info.is_main:
+            self.log.write(record)
+            self._save("last")
+            if improved:
+                self._save("best")
+            metric = self.task.select.split("_", 1)[1]
+            atomic_write(self.out / "curves.png", lambda tmp: plot_curves(
+                self.log.records, tmp, metric=metric, splits=self.task.eval_splits))  # fmt: skip
+        dist_utils.barrier(self.info)
+
+    def _epoch_line(self, record: dict) -> str:
+        def show(prefix: str, names) -> str:
+            values = [(LABELS.get(k, k), record.get(f"{prefix}_{k}")) for k in names]
+            return f"{prefix} " + " ".join(f"{k} {v:.4f}" if v is not None else f"{k} -" for k, v in values)
+
+        parts = [show("train", self.task.shown_train), *(show(s, self.task.shown) for s in self.task.eval_splits)]
+        return f"epoch {record['epoch']}/{self.config.epochs}: " + " | ".join(parts) + f" | {record['seconds']:.0f} s"
+
+    def _save(self, tag: str) -> None:
+        if not self.info.is_main:
             return
-        opt_tensors, opt_rest = ckpt.flatten_optimizer(optimizer.state_dict())
-        tensors = {f"model/{k}": v for k, v in raw.state_dict().items()}
+        opt_tensors, opt_rest = ckpt.flatten_optimizer(self.optimizer.state_dict())
+        tensors = {f"model/{k}": v for k, v in self.raw.state_dict().items()}
         tensors.update({f"optimizer/{k}": v for k, v in opt_tensors.items()})
         tensors.update({f"rng/{k}": v for k, v in ckpt.rng_tensors().items()})
-        record = {
-            **meta,
-            "epoch": epoch,
-            "step": step,
-            "global_step": global_step,
-            "best": best,
-            "sums": sums.tolist(),
-            "optimizer": opt_rest,
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "world_size": world,
-            "torch": torch.__version__,
-        }
-        ckpt.save_checkpoint(out, tag, tensors, record)
+        record = CheckpointRecord(
+            task=self.task.kind, model=self.spec, classes=self.classes, config=self.config.to_dict(),
+            progress=self.progress, inputs=self.inputs, fold=self.task.fold, optimizer=opt_rest,
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
+        )  # fmt: skip
+        ckpt.save_checkpoint(self.out, tag, tensors, record)
+        self.log.flush()
 
-    progress = _Progress(info.is_main, total_steps, global_step)
-    segmentation = task == "segmentation"
-    metric = "miou" if segmentation else "acc"
-    result: dict = {}
-    start = time.perf_counter()
-    try:
-        while epoch < config.epochs:
-            order = epoch_order(len(train_set), config.seed, epoch)
-            batches = []
-            for s in range(step, steps_per_epoch):
-                mine = order[s * config.batch_size : (s + 1) * config.batch_size].view(world, -1)[info.rank]
-                batches.extend(mine.view(accum, micro))
-            data = _fetch(train_set, batches, config.num_workers)
-            model.train()
-            tick, seen = time.perf_counter(), 0
-            while step < steps_per_epoch:
-                losses = []
-                for m in range(accum):
-                    x, y = next(data)
-                    if config.augment:
-                        gen = torch.Generator().manual_seed(
-                            hash((config.seed, epoch, step, info.rank, m)) & 0x7FFF_FFFF_FFFF_FFFF
-                        )
-                        x, y = augment_batch(x, y, gen, segmentation=segmentation)
-                    x = prepare_inputs(
-                        x,
-                        mean=meta["mean"],
-                        std=meta["std"],
-                        image_size=config.image_size,
-                        device=device,
-                        channels_last=config.channels_last,
-                    )
-                    y = y.to(device)
-                    if segmentation:
-                        y = _resize_masks(y, config.image_size)
-                    sync = info.distributed and m < accum - 1
-                    with model.no_sync() if sync else contextlib.nullcontext():
-                        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                            logits = model(x)
-                        loss = loss_fn(logits, y, label_smoothing=config.label_smoothing)
-                        scaler.scale(loss / accum).backward()
-                    losses.append(loss.detach())
-                    with torch.no_grad():
-                        if segmentation:
-                            valid = y != IGNORE_INDEX
-                            pred = logits.argmax(1)
-                            if pred.shape != y.shape:
-                                pred = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear").argmax(1)
-                            n, correct = valid.sum().item(), ((pred == y) & valid).sum().item()
-                        else:
-                            n, correct = y.shape[0], (logits.argmax(1) == y).sum().item()
-                    sums += torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
-                    seen += x.shape[0]
-                step_loss = torch.stack(losses).mean()
-                if dist_utils.any_true(not bool(torch.isfinite(step_loss)), info):
-                    last = out / "last.json"
-                    kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written"
-                    raise TrainingDiverged(
-                        f"loss is {step_loss.item()} at epoch {epoch + 1} step {step + 1} (global step "
-                        f"{global_step + 1}); stopped, {kept}; try a lower --lr (now {config.lr}) or --clip-grad"
-                    )
-                if config.clip_grad:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                step += 1
-                global_step += 1
-                rate = seen * world / max(time.perf_counter() - tick, 1e-9)
-                running_acc = sums[1].item() / max(sums[2].item(), 1)
-                progress.update(
-                    f"epoch {epoch + 1}/{config.epochs}",
-                    f"loss {step_loss.item():.4f} acc {running_acc:.4f} {rate:,.0f} img/s",
-                )
-                if info.is_main and global_step % config.log_every == 0:
-                    log.write(
-                        {
-                            "kind": "step",
-                            "epoch": epoch + 1,
-                            "global_step": global_step,
-                            "loss": step_loss.item(),
-                            "lr": scheduler.get_last_lr()[0],
-                            "images_per_s": rate,
-                        }
-                    )
-                if config.save_every and global_step % config.save_every == 0 and step < steps_per_epoch:
-                    save("last")
-                    dist_utils.barrier(info)
-
-            # End of an epoch: reduce the training sums, evaluate, log, plot, checkpoint.
-            totals = dist_utils.all_reduce_sum(sums.to(device), info).cpu()
-            if info.distributed:
-                for b in raw.buffers():  # every process evaluates with rank 0's running statistics
-                    torch.distributed.broadcast(b, 0)
-            test = evaluate(
-                raw,
-                test_set,
-                meta=meta,
-                batch_size=config.eval_batch_size or config.batch_size,
-                info=info,
-                channels_last=config.channels_last,
-                amp=amp,
-                num_workers=config.num_workers,
-            )
-            record = {
-                "kind": "epoch",
-                "epoch": epoch + 1,
-                "global_step": global_step,
-                "train_loss": totals[0].item() / max(totals[2].item(), 1),
-                "train_acc": totals[1].item() / max(totals[2].item(), 1),
-                "test_loss": test["loss"],
-                "test_acc": test["acc"],
-                "lr": scheduler.get_last_lr()[0],
-                "seconds": time.perf_counter() - start,
-            }
-            if segmentation:
-                record["test_miou"] = test["miou"]
-                record["train_miou"] = float("nan")
-            progress.line(
-                f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} acc "
-                f"{record['train_acc']:.4f} | test loss {test['loss']:.4f} acc {test['acc']:.4f}"
-                + (f" mIoU {test['miou']:.4f}" if segmentation else "")
-                + f" | {record['seconds']:.0f} s"
-            )
-            epoch, step = epoch + 1, 0
-            sums.zero_()
-            improved = test[metric] > best
-            best = max(best, test[metric])
-            if info.is_main:
-                log.write(record)
-                save("last")
-                if improved:
-                    save("best")
-                plot_curves(log.read(), out / "curves.png", metric=metric)
-            dist_utils.barrier(info)
-            result = {f"test_{k}": v for k, v in test.items() if k != "cm"}
-            result["cm"] = test["cm"]
-    finally:
-        progress.close()
-
-    if not result:  # resumed a run that had already finished
-        result = {f"test_{k}": v for k, v in evaluate(raw, test_set, meta=meta, info=info).items() if k != "cm"}
-    if info.is_main and "cm" in result:
-        if segmentation:
-            _plot_sample_masks(raw, test_set, meta, out / "masks.png", device)
-        else:
-            plot_confusion(result["cm"], meta["classes"], out / "confusion.png", title=f"{config.model}: test set")
-    result.pop("cm", None)
-    result.update({"epochs": config.epochs, "seconds": time.perf_counter() - start, "out": str(out)})
-    return result
+    def _stop(self, signals: StopSignals) -> None:
+        self._save("last")
+        checkpoint = self.out / "last.json" if self.info.is_main else None
+        raise TrainingInterrupted(signals.received or 0, checkpoint, self.progress)
 
 
-@torch.no_grad()
-def _plot_sample_masks(model: nn.Module, dataset: Dataset, meta: dict, path: Path, device: torch.device) -> None:
-    n = min(4, len(dataset))
-    images, masks = collate([dataset[i] for i in range(n)])
-    model.eval()
-    x = prepare_inputs(images, mean=meta["mean"], std=meta["std"], image_size=meta["image_size"], device=device)
-    logits = model(x)
-    if tuple(logits.shape[-2:]) != tuple(masks.shape[-2:]):
-        logits = F.interpolate(logits.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
-    plot_masks(images, masks, logits.argmax(1).cpu(), path, num_classes=meta["num_classes"])
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_checkpoint` found.
+
+    Attributes:
+        metrics: ``{"loss", "acc", ...}`` of the split.
+        record: the checkpoint's record.
+        data: the data spec evaluated.
+        items: the number of items (images, sentences) scored.
+        confusion (Tensor[K, K] | None): rows true class, columns prediction (classification and segmentation).
+    """
+
+    metrics: dict[str, float]
+    record: CheckpointRecord
+    data: str
+    items: int
+    confusion: Tensor | None
 
 
-def load_model(checkpoint: str | os.PathLike, *, tag: str | None = None, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a trained model from a checkpoint (run folder or JSON file) with ``create_model``.
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    *,
+    tag: str | None = None,
+    split: str = "test",
+    data: str | None = None,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+) -> Evaluation:
+    """The metrics of a trained model of any task on a split of its data (or of other data with the same classes).
+
+    Args:
+        checkpoint: a run folder or a checkpoint's JSON file.
+        tag: ``"best"`` or ``"last"`` (default: best if present, else last).
+        split: ``"test"``, ``"train"`` (or ``"dev"`` for a text fold).
+        data: another data spec of the same task and classes (not for text, whose folds fix the sentences).
+        limit: evaluate only this many items, spread over the split.
+        batch_size: the evaluation batch (default: the run's).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 
     Returns:
-        ``(model in eval mode, the checkpoint's JSON record)``.
+        the metrics (without the split prefix), the record, the data, the number of items and (classification and
+        segmentation) the confusion matrix.
+
+    Raises:
+        ConfigError: (fields ``data``, ``limit``, ``batch_size``, ``split``, ``device``) for a bad request or data
+            whose classes differ from the checkpoint's.
+        CheckpointError: for a bad checkpoint.
     """
-    state, meta = ckpt.load_checkpoint(checkpoint, tag)
-    model = build_model(
-        meta["model"],
-        task=meta["task"],
-        num_classes=meta["num_classes"],
-        in_channels=meta["in_channels"],
-        model_args=meta["model_args"],
-    )
-    model.load_state_dict(ckpt.prefixed(state, "model"))
-    return model.to(device).eval(), meta
+    for name, value in (("limit", limit), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(name, f"must be an integer >= 1, got {value}")
+    target = dist_utils.resolve(device)
+    model, record = ckpt.load_model(checkpoint, tag=tag, device=target)
+    config = TrainConfig.from_dict(record.config)
+    if record.task == "text" and (data is not None or limit is not None):
+        name = "data" if data is not None else "limit"
+        raise ConfigError(name, "does not apply to a text checkpoint: its fold fixes the sentences it is scored on")
+    limits = {"limit_train": limit} if split == "train" else {"limit_test": limit}
+    config = dataclasses.replace(config, data=data or config.data, **(limits if record.task != "text" else {}))
+    task = build_task(config, fold=record.fold)
+    task.use_checkpoint(record, split)
+    metrics = evaluate(task, model, split, device=target, batch_size=batch_size or config.eval_batch_size
+                       or config.batch_size)  # fmt: skip
+    return Evaluation(metrics, record, config.data, task.eval_size(split), task.confusion())

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from convatlas.files import atomic_write_text
+
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = None) -> Tensor:
     """Counts of (true class, predicted class) pairs.
@@ -54,7 +56,9 @@ def mean_iou(cm: Tensor) -> float:
 
 
 class MetricsLog:
-    """Append-only JSON-lines metrics file (one record a line), truncated to a step on resume.
+    """The ``metrics.jsonl`` of a run: one JSON record a line, kept in memory and rewritten atomically by
+    :meth:`flush` (the engine flushes with every checkpoint, so the file never runs ahead of what can be resumed by
+    more than the records of one step).
 
     Args:
         path: the ``metrics.jsonl`` path.
@@ -62,23 +66,24 @@ class MetricsLog:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self.records: list[dict] = []
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Add a record (written at the next :meth:`flush`)."""
+        self.records.append(record)
 
-    def read(self) -> list[dict]:
+    def flush(self) -> None:
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def load(self, global_step: int) -> None:
+        """Read the file of a run being resumed and keep the records up to ``global_step`` (its checkpoint's)."""
+        self.records = []
         if not self.path.exists():
-            return []
-        records = []
-        for line in self.path.read_text().splitlines():
+            return
+        for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill: the rest of the file is dropped on resume
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line of a file written by hand or by another tool: keep what precedes
                 break
-        return records
-
-    def truncate_after(self, global_step: int) -> None:
-        """Keep only records up to ``global_step`` (what the checkpoint being resumed had seen)."""
-        kept = [r for r in self.read() if r.get("global_step", 0) <= global_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            if record.get("global_step", 0) <= global_step:
+                self.records.append(record)

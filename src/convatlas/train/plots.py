@@ -15,31 +15,44 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 
-def plot_curves(records: list[dict], path: str | os.PathLike, *, metric: str = "acc") -> Path:
-    """Loss (per logged step and per epoch) and the epoch metric (``"acc"`` or ``"miou"``) for train and test."""
+def plot_curves(records: list[dict], path: str | os.PathLike, *, metric: str = "acc",
+                splits: Sequence[str] = ("test",)) -> Path:  # fmt: skip
+    """Loss (per logged step and per epoch) and an epoch metric (``"acc"``, ``"miou"``, ``"voc_map50"``) for the
+    training set (where it is measured) and each evaluated split.
+
+    Args:
+        records: the ``metrics.jsonl`` records (``kind`` ``"step"`` or ``"epoch"``).
+        metric: the metric's name without its split prefix.
+        splits: the evaluated splits (``"test"``, or ``"dev"`` and ``"test"``).
+    """
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     if steps:
         ax1.plot([r["global_step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6, label="train (step)")
-    if epochs:
-        x = [r["global_step"] for r in epochs]
-        ax1.plot(x, [r["train_loss"] for r in epochs], "o-", label="train (epoch)")
-        ax1.plot(x, [r["test_loss"] for r in epochs], "s-", label="test")
-        labels = [r["epoch"] for r in epochs]
-        train_values = [r.get(f"train_{metric}", float("nan")) for r in epochs]
-        if not all(math.isnan(v) for v in train_values):  # segmentation runs measure mIoU on the test set only
-            ax2.plot(labels, train_values, "o-", label="train")
-        ax2.plot(labels, [r[f"test_{metric}"] for r in epochs], "s-", label="test")
+    x = [r["global_step"] for r in epochs]
+    labels = [r["epoch"] for r in epochs]
+    for prefix, marker in [("train", "o-"), *((s, "s-") for s in splits)]:
+        losses = [_number(r.get(f"{prefix}_loss")) for r in epochs]
+        if epochs and not all(math.isnan(v) for v in losses):
+            ax1.plot(x, losses, marker, label=prefix if prefix != "train" else "train (epoch)")
+        values = [_number(r.get(f"{prefix}_{metric}")) for r in epochs]
+        if epochs and not all(math.isnan(v) for v in values):
+            ax2.plot(labels, values, marker, label=prefix)
     ax1.set(xlabel="step", ylabel="loss", title="loss")
-    ax2.set(xlabel="epoch", ylabel=metric, title="accuracy" if metric == "acc" else "mean IoU")
+    ax2.set(xlabel="epoch", ylabel=metric, title=metric)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, int | float) else float("nan")
 
 
 def plot_confusion(cm: Tensor, classes: Sequence[str], path: str | os.PathLike, *, title: str = "") -> Path:
@@ -59,7 +72,7 @@ def plot_confusion(cm: Tensor, classes: Sequence[str], path: str | os.PathLike, 
         ax.set_yticks(range(k), [str(c) for c in classes], fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return Path(path)
 
@@ -86,7 +99,7 @@ def plot_masks(images: Tensor, targets: Tensor, preds: Tensor, path: str | os.Pa
             ax.set_title(name, fontsize=9)
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return Path(path)
 

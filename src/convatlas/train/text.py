@@ -1,192 +1,100 @@
 """Sentence classification with Kim's protocol (Kim 2014, "Convolutional Neural Networks for Sentence
-Classification"): k-fold cross-validation, 10% of each training fold held out as the dev set for early stopping,
-mini-batches of 50, Adadelta (rho 0.95, eps 1e-6), dropout 0.5 and the max-norm-3 constraint applied after every
-step through the model's ``apply_max_norm()``.
+Classification"), as an outer loop around the one engine.
 
-``convatlas train --model kim_cnn --data mr --mode non-static`` lands in :func:`run`; so does
-``python -m convatlas.train.text`` (same arguments, plus ``--max-folds`` to run only the first folds).
+:func:`cross_validate` splits the sentences into ``folds`` parts with a seeded permutation; fold ``k`` tests on part
+``k`` and trains on the rest, of which ``dev_fraction`` is held out to pick the epoch (the ``best`` checkpoint is the
+one with the best dev accuracy, and the fold reports its test accuracy). Each fold is an ordinary run of
+:func:`convatlas.train.fit` in ``OUT/fold-NN``; ``OUT/cv_results.json`` is rewritten after every fold. Resuming a
+cross-validation continues the fold in progress from its last checkpoint and then runs the remaining folds.
 
-Models: ``kim_cnn`` (modes ``rand``, ``static``, ``non-static``, ``multichannel``) and the encoders of
-:mod:`convatlas.models.lightconv` (``lightconv_classifier``, ``dynamicconv_classifier``, ``attention_classifier``;
-``static`` freezes their GloVe embedding, ``rand`` starts from random vectors). The encoders train with AdamW
-(lr 1e-3) by default, as transformer-style layers do poorly with Adadelta; ``--opt adadelta`` overrides that.
+Kim's defaults (:data:`convatlas.train.config.TASK_DEFAULTS`): batches of 50, Adadelta (rho 0.95, eps 1e-6, lr 1.0)
+at a constant rate, dropout 0.5 and the max-norm-3 constraint after every step (the model's ``apply_max_norm()``),
+windows 3/4/5 with 100 maps, GloVe 6B 50-d rows rescaled to word2vec's spread. The encoders of
+:mod:`convatlas.models.lightconv` default to AdamW (lr 1e-3, weight decay 0.01); ``mode="static"`` freezes their
+GloVe embedding and ``"rand"`` starts from random vectors.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
-import math
-import os
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convatlas.data import Subset
 from convatlas.data.text import GLOVE_DIM, KIM_VECTOR_STD, TextDataset, Vocabulary, encode, load_glove, load_text
-from convatlas.models import create_model, model_info
+from convatlas.files import atomic_write_json
+from convatlas.train import distributed as dist_utils
+from convatlas.train.checkpoint import CheckpointError, ModelSpec, build_model, json_kwargs
+from convatlas.train.config import CHANGEABLE_ON_RESUME, ConfigError, TrainConfig, quoted_fields
+from convatlas.train.runfolder import RunFolder, hold
+from convatlas.train.task import Task, model_keywords
 
-__all__ = ["CVResult", "FoldResult", "TextRunConfig", "cross_validate", "main", "run"]
-
-MODES = ("rand", "static", "non-static", "multichannel")
 KIM_WINDOWS = (3, 4, 5)
+RESULTS = "cv_results.json"
 
 
 @dataclass
-class TextRunConfig:
-    """One cross-validated text run (defaults: Kim 2014).
+class TextData:
+    """The sentences of a run, encoded once and shared by its folds.
 
     Attributes:
-        model: ``kim_cnn`` or a text model of the registry.
-        data: ``mr``, ``cr`` or ``tsv:PATH``.
-        mode: ``rand``, ``static``, ``non-static`` or ``multichannel`` (the last only for ``kim_cnn``).
-        folds: k of the k-fold cross-validation.
-        max_folds: run only the first this many folds (``None``: all).
-        epochs: passes over each training fold (the dev set picks the best epoch).
-        batch_size: mini-batch size.
-        lr: learning rate (``None``: 1.0 for Adadelta, 1e-3 for AdamW).
-        opt: ``"adadelta"``, ``"adamw"`` or ``None`` (Adadelta for ``kim_cnn``, AdamW for the encoders).
-        dev_fraction: share of each training fold held out for early stopping.
-        seed: seeds the fold split, the initialisation and the batch order.
-        out: folder for ``cv_results.json`` (used by :func:`run`; ``None`` there means ``runs/MODEL-DATA-MODE``).
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        model_args: extra keywords for ``create_model``.
+        dataset: the sentences, labels and class names.
+        tokens (Tensor[N, T]): padded token ids (0 = padding), at least ``max(KIM_WINDOWS)`` steps.
+        labels (Tensor[N]): class indices.
+        vocab_size: V, the vocabulary over the whole set (as Kim's code builds it).
+        glove (Tensor[V, 50] | None): initial word vectors (``None`` in ``rand`` mode).
+        glove_coverage: the share of the vocabulary GloVe has.
+        splits: ``(train, dev, test)`` index tensors of each fold.
     """
 
-    model: str = "kim_cnn"
-    data: str = "mr"
-    mode: str = "non-static"
-    folds: int = 10
-    max_folds: int | None = None
-    epochs: int = 10
-    batch_size: int = 50
-    lr: float | None = None
-    opt: str | None = None
-    dev_fraction: float = 0.1
-    seed: int = 0
-    out: str | None = None
-    device: str = "auto"
-    model_args: dict = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.mode == "multichannel" and self.model != "kim_cnn":
-            raise ValueError(f"--mode multichannel exists only for kim_cnn, not {self.model}")
-        if self.folds < 2:
-            raise ValueError(f"--folds must be >= 2 for cross-validation, got {self.folds}")
-        if self.max_folds is not None and not 1 <= self.max_folds <= self.folds:
-            raise ValueError(f"--max-folds must lie in [1, folds={self.folds}], got {self.max_folds}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"--epochs and --batch-size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if not 0.0 < self.dev_fraction < 0.5:
-            raise ValueError(f"dev_fraction must lie in (0, 0.5), got {self.dev_fraction}")
-        if self.opt not in (None, "adadelta", "adamw"):
-            raise ValueError(f"--opt for text runs must be adadelta or adamw, got {self.opt!r}")
-        if model_info(self.model).task != "text":
-            raise ValueError(
-                f"--model {self.model} is a {model_info(self.model).task} model; text data needs a text "
-                "model (kim_cnn, lightconv_classifier, dynamicconv_classifier, attention_classifier)"
-            )
-
-
-@dataclass
-class FoldResult:
-    fold: int
-    best_epoch: int
-    dev_accuracy: float
-    test_accuracy: float
-    seconds: float
-
-
-@dataclass
-class CVResult:
-    config: dict
-    folds: list[FoldResult]
-    train_size: int
+    dataset: TextDataset
+    tokens: Tensor
+    labels: Tensor
     vocab_size: int
+    glove: Tensor | None
     glove_coverage: float
+    splits: list[tuple[Tensor, Tensor, Tensor]]
 
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(f.test_accuracy for f in self.folds)
+    @classmethod
+    def load(cls, config: TrainConfig) -> TextData:
+        """Read, limit, tokenise and encode the sentences of ``config.data`` and split them into folds.
 
-    @property
-    def std(self) -> float:
-        return statistics.stdev([f.test_accuracy for f in self.folds]) if len(self.folds) > 1 else 0.0
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "mean_test_accuracy": self.mean, "std_test_accuracy": self.std}
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
-
-
-def _build_model(cfg: TextRunConfig, vocab_size: int, num_classes: int, glove: Tensor | None) -> nn.Module:
-    embedding = None if cfg.mode == "rand" else glove
-    if cfg.model == "kim_cnn":
-        kw = dict(
-            vocab_size=vocab_size,
-            embed_dim=GLOVE_DIM,
-            num_classes=num_classes,
-            mode=cfg.mode,
-            embedding=embedding,
-            windows=KIM_WINDOWS,
-            maps=100,
-            dropout=0.5,
-            max_norm=3.0,
-            padding_idx=0,
-        )
-    else:
-        kw = dict(
-            vocab_size=vocab_size,
-            embed_dim=GLOVE_DIM,
-            num_classes=num_classes,
-            embedding=embedding,
-            freeze_embedding=cfg.mode == "static",
-            padding_idx=0,
-        )
-    return create_model(cfg.model, **{**kw, **cfg.model_args})
+        Raises:
+            ConfigError: (field ``folds``) for more folds than sentences.
+        """
+        dataset = load_text(config.data, data_dir=config.data_dir)
+        if config.limit_train is not None:
+            kept = Subset(dataset, config.limit_train).indices.tolist()
+            dataset = TextDataset(dataset.name, [dataset.texts[i] for i in kept], [dataset.labels[i] for i in kept],
+                                  dataset.classes)  # fmt: skip
+        if config.folds > len(dataset):
+            raise ConfigError("folds", f"{config.folds} folds need at least {config.folds} sentences; {config.data} "
+                              f"has {len(dataset)}")  # fmt: skip
+        sentences = dataset.tokens()
+        vocab = Vocabulary(sentences)
+        tokens = encode(sentences, vocab, min_length=max(KIM_WINDOWS))
+        glove, hits = None, 0
+        if config.mode != "rand":  # Kim's recipe assumes word2vec's spread, so kim_cnn gets rescaled GloVe rows
+            target_std = KIM_VECTOR_STD if config.model == "kim_cnn" else None
+            glove, hits = load_glove(vocab, seed=config.seed, target_std=target_std)
+        splits = fold_splits(len(dataset), config.folds, config.dev_fraction, config.seed)
+        labels = torch.tensor(dataset.labels, dtype=torch.int64)
+        return cls(dataset, tokens, labels, len(vocab), glove, hits / max(1, len(vocab) - 2), splits)
 
 
-def _optimizer(cfg: TextRunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = cfg.opt or ("adadelta" if cfg.model == "kim_cnn" else "adamw")
-    if opt == "adadelta":
-        return torch.optim.Adadelta(params, lr=cfg.lr or 1.0, rho=0.95, eps=1e-6)
-    return torch.optim.AdamW(params, lr=cfg.lr or 1e-3, weight_decay=0.01)
-
-
-def _trim(tokens: Tensor, min_length: int) -> Tensor:
-    """Drop the all-padding columns on the right of a batch (keeping at least ``min_length``)."""
-    lengths = (tokens != 0).sum(dim=1)
-    return tokens[:, : max(min_length, int(lengths.max()))]
-
-
-@torch.no_grad()
-def _accuracy(model: nn.Module, tokens: Tensor, labels: Tensor, device: torch.device, min_length: int) -> float:
-    model.eval()
-    correct = 0
-    for start in range(0, len(tokens), 500):
-        x = _trim(tokens[start : start + 500], min_length).to(device)
-        correct += int((model(x).argmax(dim=1).cpu() == labels[start : start + 500]).sum())
-    return correct / max(1, len(tokens))
-
-
-def _split(n: int, folds: int, dev_fraction: float, gen: torch.Generator) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """(train, dev, test) index sets of each fold: a random permutation cut into ``folds`` parts."""
-    order = torch.randperm(n, generator=gen)
-    parts = torch.tensor_split(order, folds)
+def fold_splits(n: int, folds: int, dev_fraction: float, seed: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """``(train, dev, test)`` indices of each fold: a seeded permutation cut into ``folds`` parts; the dev set is
+    ``dev_fraction`` of the rest (at least one sentence)."""
+    gen = torch.Generator().manual_seed(seed)
+    parts = torch.tensor_split(torch.randperm(n, generator=gen), folds)
     out = []
     for i, test in enumerate(parts):
         rest = torch.cat([p for j, p in enumerate(parts) if j != i])
@@ -196,143 +104,229 @@ def _split(n: int, folds: int, dev_fraction: float, gen: torch.Generator) -> lis
     return out
 
 
-def cross_validate(cfg: TextRunConfig, dataset: TextDataset | None = None, *, log=print) -> CVResult:
-    """Run Kim's protocol; ``dataset`` defaults to the one ``cfg.data`` names.
+def _trim(tokens: Tensor, min_length: int) -> Tensor:
+    """Drop the all-padding columns on the right of a batch (keeping at least ``min_length``)."""
+    lengths = (tokens != 0).sum(dim=1)
+    return tokens[:, : max(min_length, int(lengths.max()))]
+
+
+class TextTask(Task):
+    """One fold of a cross-validated sentence classification run.
+
+    Args:
+        config: the resolved configuration of the fold's run.
+        data: the encoded sentences (shared by the folds).
+        fold: the fold (1-based).
+    """
+
+    kind = "text"
+    eval_splits = ("dev", "test")
+    select = "dev_acc"
+    shown = ("acc",)
+
+    def __init__(self, config: TrainConfig, data: TextData, fold: int) -> None:
+        super().__init__(config)
+        if not 1 <= fold <= len(data.splits):
+            raise ConfigError("folds", f"has no fold {fold} (there are {len(data.splits)})")
+        self.data, self.fold = data, fold
+        self.train_idx, self.dev_idx, self.test_idx = data.splits[fold - 1]
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed * 1000 + self.fold
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train_idx)
+
+    def _rows(self, split: str) -> Tensor:
+        if split not in ("train", "dev", "test"):
+            raise ConfigError("split", f"must be train, dev or test for a text run, got {split!r}")
+        return {"train": self.train_idx, "dev": self.dev_idx, "test": self.test_idx}[split]
+
+    def eval_size(self, split: str) -> int:
+        return len(self._rows(split))
+
+    def classes(self) -> list[str]:
+        return list(self.data.dataset.classes)
+
+    def _keywords(self) -> dict:
+        c = self.config
+        fixed = dict(vocab_size=self.data.vocab_size, embed_dim=GLOVE_DIM, num_classes=len(self.classes()),
+                     padding_idx=0, embedding=None)  # fmt: skip
+        defaults = {}
+        if c.model == "kim_cnn":
+            fixed["mode"] = c.mode
+            defaults = dict(windows=KIM_WINDOWS, maps=100, dropout=0.5, max_norm=3.0)  # Kim's; model_args may change
+        else:
+            fixed["freeze_embedding"] = c.mode == "static"
+        return model_keywords(c.model, {**defaults, **c.model_args}, fixed)
+
+    def model_spec(self) -> ModelSpec:
+        kwargs = self._keywords()
+        kwargs.pop("embedding")  # the vectors are in the checkpoint's tensors
+        return ModelSpec(self.config.model, json_kwargs(kwargs))
+
+    def build_model(self) -> nn.Module:
+        model = build_model(self.model_spec())
+        if self.data.glove is not None:
+            with torch.no_grad():
+                for embedding in (model.embed, getattr(model, "static_embed", None)):
+                    if embedding is not None:
+                        embedding.weight.copy_(self.data.glove)
+                        embedding.weight[0] = 0.0
+        return model
+
+    def batches(self, indices: Sequence[Tensor], seeds: Sequence[int | None]) -> Iterator[tuple[Tensor, Tensor]]:
+        for idx in indices:
+            rows = self.train_idx[idx]
+            yield _trim(self.data.tokens[rows], max(KIM_WINDOWS)), self.data.labels[rows]
+
+    def train_step(self, model: nn.Module, batch, device: torch.device) -> tuple[Tensor, dict[str, float]]:
+        x, y = (t.to(device) for t in batch)
+        logits = model(x).float()
+        loss = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
+        correct = int((logits.detach().argmax(1) == y).sum())
+        return loss, {"loss": loss.item() * len(y), "acc": float(correct), "n": float(len(y))}
+
+    def after_step(self, model: nn.Module) -> None:
+        if hasattr(model, "apply_max_norm"):
+            model.apply_max_norm()
+
+    @torch.no_grad()
+    def eval_part(self, model: nn.Module, split: str, indices: Tensor, device: torch.device, batch_size: int):
+        rows = self._rows(split)[indices]
+        correct, loss_sum = 0, 0.0
+        for part in rows.split(batch_size):
+            x = _trim(self.data.tokens[part], max(KIM_WINDOWS)).to(device)
+            y = self.data.labels[part].to(device)
+            logits = model(x).float()
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        return {"correct": correct, "loss": loss_sum, "n": len(rows)}
+
+    def summarize(self, split: str, parts: list) -> dict[str, float]:
+        n = max(1, sum(p["n"] for p in parts))
+        return {"loss": sum(p["loss"] for p in parts) / n, "acc": sum(p["correct"] for p in parts) / n}
+
+
+@dataclass
+class FoldResult:
+    """One fold: the epoch the dev set picked, the dev and test accuracy there, and the seconds it took."""
+
+    fold: int
+    best_epoch: int
+    dev_accuracy: float
+    test_accuracy: float
+    seconds: float
+
+
+@dataclass
+class CVResult:
+    """A cross-validation: the configuration, the class names, and each fold's result."""
+
+    config: dict
+    classes: list[str]
+    folds: list[FoldResult]
+    train_size: int
+    vocab_size: int
+    glove_coverage: float
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(f.test_accuracy for f in self.folds) if self.folds else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev([f.test_accuracy for f in self.folds]) if len(self.folds) > 1 else None
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "mean_test_accuracy": self.mean, "std_test_accuracy": self.std}
+
+
+def read_cv_config(out: str | Path) -> TrainConfig:
+    """The configuration a cross-validation in ``out`` was started with (from its ``cv_results.json``).
+
+    Raises:
+        CheckpointError: when the file is missing or not a valid result file.
+    """
+    path = Path(out) / RESULTS
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no cross-validation to resume here")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is corrupted (not valid JSON: {err})") from None
+    if not isinstance(values, dict) or not isinstance(values.get("config"), dict):
+        raise CheckpointError(f"{path} is corrupted: no 'config' object")
+    try:
+        return TrainConfig.from_dict(values["config"])
+    except ConfigError as err:
+        raise CheckpointError(f"{path} is corrupted: {err}") from None
+
+
+def cross_validate(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=print) -> CVResult:
+    """Run (or resume) Kim's k-fold protocol; each fold is a run of :func:`convatlas.train.fit`.
+
+    Args:
+        config: a text run; ``max_folds`` runs only the first folds.
+        resume: continue the cross-validation in ``config.out`` (the fold in progress, then the rest).
+        overwrite: replace the run files in ``config.out``.
+        log: where the per-fold lines go.
 
     Returns:
-        a :class:`CVResult` with the dev-selected test accuracy of each fold.
+        the folds run so far and their dev-selected test accuracies.
+
+    Raises:
+        ConfigError: for bad settings, more folds than sentences, a run folder that is taken, or (on resume) a field
+            that differs from the saved configuration outside :data:`CHANGEABLE_ON_RESUME`.
     """
-    cfg.validate()
-    dataset = dataset or load_text(cfg.data)
-    device = _device(cfg.device)
-    sentences = dataset.tokens()
-    vocab = Vocabulary(sentences)  # over the whole set, as Kim's code does (unseen test words get random vectors)
-    min_length = max(KIM_WINDOWS)
-    tokens = encode(sentences, vocab, min_length=min_length)  # (N, T_max)
-    labels = torch.tensor(dataset.labels, dtype=torch.int64)
-    # Kim's recipe assumes word2vec's spread (std 0.144); GloVe 50-d is 4.4x wider, so kim_cnn gets rescaled rows
-    target_std = KIM_VECTOR_STD if cfg.model == "kim_cnn" else None
-    glove, hits = (None, 0) if cfg.mode == "rand" else load_glove(vocab, seed=cfg.seed, target_std=target_std)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    splits = _split(len(dataset), cfg.folds, cfg.dev_fraction, gen)[: cfg.max_folds or cfg.folds]
-    results = []
-    for fold, (train_idx, dev_idx, test_idx) in enumerate(splits, 1):
-        start = time.perf_counter()
-        torch.manual_seed(cfg.seed * 1000 + fold)
-        model = _build_model(cfg, len(vocab), dataset.num_classes, glove).to(device)
-        opt = _optimizer(cfg, model)
-        best = (-1.0, 0, 0.0)  # (dev accuracy, epoch, test accuracy)
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            order = train_idx[torch.randperm(len(train_idx), generator=gen)]
-            for b in range(0, len(order), cfg.batch_size):
-                idx = order[b : b + cfg.batch_size]
-                x, y = _trim(tokens[idx], min_length).to(device), labels[idx].to(device)
-                loss = F.cross_entropy(model(x), y)
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"fold {fold} epoch {epoch}: the loss is {loss.item()}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if hasattr(model, "apply_max_norm"):
-                    model.apply_max_norm()
-            dev = _accuracy(model, tokens[dev_idx], labels[dev_idx], device, min_length)
-            if dev > best[0]:
-                best = (dev, epoch, _accuracy(model, tokens[test_idx], labels[test_idx], device, min_length))
-        result = FoldResult(fold, best[1], best[0], best[2], time.perf_counter() - start)
-        results.append(result)
-        log(
-            f"fold {fold}/{cfg.folds}: dev {result.dev_accuracy:.4f} (epoch {result.best_epoch}), "
-            f"test {result.test_accuracy:.4f}, {result.seconds:.1f} s"
-        )
-    coverage = hits / max(1, len(vocab) - 2)
-    return CVResult(asdict(cfg), results, len(dataset), len(vocab), coverage)
+    from convatlas.train.engine import fit
 
-
-def _config_from_args(args: argparse.Namespace) -> TextRunConfig:
-    """Read a namespace from ``convatlas train`` or :func:`main`; missing or ``None`` values keep Kim's defaults."""
-    defaults = TextRunConfig()
-    values = {}
-    for name in (
-        "model",
-        "data",
-        "mode",
-        "folds",
-        "max_folds",
-        "epochs",
-        "batch_size",
-        "lr",
-        "opt",
-        "seed",
-        "out",
-        "device",
-    ):
-        value = getattr(args, name, None)
-        if value is not None:
-            values[name] = value
-    if values.get("opt") not in (None, "adadelta", "adamw"):
-        values.pop("opt")  # the image engine's sgd default means nothing here: keep the per-model default
-    model_args = getattr(args, "model_args", None)
-    if isinstance(model_args, dict):
-        values["model_args"] = model_args
-    return TextRunConfig(**{**asdict(defaults), **values})
-
-
-def run(args: argparse.Namespace) -> int:
-    """Cross-validate a text model as the namespace describes; print each fold and the mean; write the JSON.
-
-    Reads (with ``getattr``, ``None`` meaning Kim's default): model, data, mode, folds, max_folds, epochs,
-    batch_size, lr, opt, seed, out (default ``runs/MODEL-DATA-MODE``), device, threads, model_args.
-    Returns the exit status (0).
-    """
-    cfg = _config_from_args(args)
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    if cfg.out is None:
-        data = cfg.data.replace(":", "-").replace("/", "_")
-        cfg.out = f"runs/{cfg.model}-{data}-{cfg.mode}"
-    result = cross_validate(cfg)
-    print(
-        f"{cfg.model} {cfg.mode} on {cfg.data}: {len(result.folds)} of {cfg.folds} folds, "
-        f"mean test accuracy {100 * result.mean:.2f} +- {100 * result.std:.2f} "
-        f"({result.train_size} sentences, vocabulary {result.vocab_size}, "
-        f"GloVe covers {100 * result.glove_coverage:.1f}%)"
-    )
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "cv_results.json.tmp"
-    tmp.write_text(json.dumps(result.to_dict(), indent=2))
-    os.replace(tmp, out / "cv_results.json")
-    print(f"wrote {out / 'cv_results.json'}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m convatlas.train.text", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="kim_cnn")
-    p.add_argument("--data", default="mr", help="mr, cr or tsv:PATH")
-    p.add_argument("--mode", default="non-static", choices=MODES)
-    p.add_argument("--folds", type=int, default=10)
-    p.add_argument("--max-folds", type=int, default=None, help="run only the first folds")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--opt", choices=("adadelta", "adamw"), default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    config = config.resolved()
+    if config.task != "text":
+        raise ConfigError("model", f"{config.model} is a {config.task} model; cross-validation is for text runs")
+    root = RunFolder(config.out, outputs=(RESULTS,))
+    root.check(resume=resume, overwrite=overwrite)
+    if resume:
+        _check_same(config, read_cv_config(config.out))
+    data = TextData.load(config)
+    info = dist_utils.setup(config.device)
     try:
-        return run(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"convatlas.train.text: error: {err}", file=sys.stderr)
-        return 2
+        with hold(root, info, resume=resume, overwrite=overwrite):
+            result = CVResult(config.to_dict(), list(data.dataset.classes), [], len(data.dataset), data.vocab_size,
+                              data.glove_coverage)  # fmt: skip
+            _write(result, root.path, info)
+            for fold in range(1, (config.max_folds or config.folds) + 1):
+                result.folds.append(_run_fold(fit, config, data, fold, log, info))
+                _write(result, root.path, info)
+            return result
+    finally:
+        dist_utils.cleanup(info)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _check_same(config: TrainConfig, saved: TrainConfig) -> None:
+    changed = [k for k in config.differences(saved) if k not in CHANGEABLE_ON_RESUME]
+    if changed:
+        name = changed[0]
+        raise ConfigError(name, f"is {getattr(config, name)!r} but the cross-validation in {config.out} was started "
+                          f"with {getattr(saved, name)!r}; on resume only {quoted_fields(CHANGEABLE_ON_RESUME)} may "
+                          "change")  # fmt: skip
+
+
+def _run_fold(fit, config: TrainConfig, data: TextData, fold: int, log, info) -> FoldResult:
+    start = time.perf_counter()
+    fold_config = dataclasses.replace(config, out=str(Path(config.out) / f"fold-{fold:02d}"))
+    task = TextTask(fold_config, data, fold)
+    resume = (Path(fold_config.out) / "last.json").is_file()
+    run = fit(fold_config, task, resume=resume)
+    result = FoldResult(fold, run.best_epoch, run.best["dev_acc"], run.best["test_acc"], time.perf_counter() - start)
+    if info.is_main:
+        log(f"fold {fold}/{config.folds}: dev {result.dev_accuracy:.4f} (epoch {result.best_epoch}), "
+            f"test {result.test_accuracy:.4f}, {result.seconds:.1f} s")  # fmt: skip
+    return result
+
+
+def _write(result: CVResult, folder: Path, info) -> None:
+    if info.is_main:
+        atomic_write_json(folder / RESULTS, result.to_dict())
