@@ -112,16 +112,16 @@ def _model(spec: str, input_text: str | None):
     if Path(spec).exists():
         from convatlas.train import load_model as load_checkpoint
 
-        model, meta = load_checkpoint(spec)
-        if meta.get("task") == "detection":
+        model, record = load_checkpoint(spec)
+        if record.task == "detection":
             raise ValueError(
                 f"MODEL {spec}: a detection checkpoint (lists of images in, boxes out); report its backbone"
             )
-        side = meta.get("image_size") or meta.get("data_size")
         default = None
-        if side is not None and meta.get("in_channels"):
+        if record.inputs is not None:
+            side = record.inputs.image_size or record.inputs.data_size
             side = (side, side) if isinstance(side, int) else tuple(side)
-            default = (int(meta["in_channels"]), *side)
+            default = (int(record.inputs.in_channels), *side)
         if input_text:
             return model, parse_input(input_text)
         if default is None:

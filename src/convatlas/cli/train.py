@@ -69,8 +69,12 @@ def user_message(err: BaseException) -> str:
     """A library error's message with field names turned into options (``ConfigError``'s field, and every
     `` `field` `` the message quotes)."""
     from convatlas.train import ConfigError
+    from convatlas.train.config import TrainConfig
 
     text = f"{flag(err.field)} {err.detail}" if isinstance(err, ConfigError) else str(err)
+    lead = re.match(r"([a-z_]+) (?=')", text)  # the data layer's "data 'SPEC': ..." names its argument first
+    if lead and lead.group(1) in TrainConfig.__dataclass_fields__:
+        text = flag(lead.group(1)) + text[lead.end(1) :]
     return re.sub(r"`([a-z_]+)`", lambda m: flag(m.group(1)), text)
 
 

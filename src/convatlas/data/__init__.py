@@ -123,7 +123,7 @@ def build_dataset(
     check_split(split)
     limit = check_limit(limit)
     if kind in TEXT_SPECS:
-        raise ValueError(f"data {spec!r}: a text set; convatlas.data.text.load_text loads it")
+        raise ValueError(f"data {spec!r}: a text set (sentences), not images; text models train on it")
     if kind in ("fashion-mnist", "mnist5k") and rest:
         raise ValueError(f"data {spec!r}: {kind} takes no options")
     if kind == "fashion-mnist":

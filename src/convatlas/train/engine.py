@@ -257,13 +257,14 @@ class _Run:
             raise ConfigError("batch_size", f"{config.batch_size} must be divisible by processes x `accum_steps` = "
                               f"{world} x {accum}")  # fmt: skip
         self.micro = config.batch_size // (world * accum)
-        self.steps_per_epoch = task.train_size // config.batch_size
-        if self.steps_per_epoch < 1:
-            raise ConfigError("batch_size", f"{config.batch_size} is larger than the training set ({task.train_size} "
-                              "items)")  # fmt: skip
+        train_size = task.train_size  # the training split, then the others, are read and checked before size rules
         for split in task.eval_splits:
             if task.eval_size(split) < 1:
                 raise ConfigError("data", f"{config.data}: the {split} split is empty")
+        self.steps_per_epoch = train_size // config.batch_size
+        if self.steps_per_epoch < 1:
+            raise ConfigError("batch_size", f"{config.batch_size} is larger than the training set ({task.train_size} "
+                              "items)")  # fmt: skip
         torch.manual_seed(task.seed)
         self.raw = task.build_model().to(self.device)
         if config.channels_last:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from convatlas.data import build_dataset, collate
+from convatlas.data import build_dataset, collate, is_text_spec
 from convatlas.data.transforms import IGNORE_INDEX, augment_batch, flip_and_shift
 from convatlas.files import atomic_write
 from convatlas.train.checkpoint import InputSpec, ModelSpec, json_kwargs
@@ -96,6 +96,8 @@ class ClassificationTask(Task):
 
     def _split(self, split: str, limit: int | None) -> Dataset:
         c = self.config
+        if is_text_spec(c.data):
+            raise ConfigError("data", f"{c.data}: a text set, but {c.model} is a {self.kind} model")
         dataset = build_dataset(c.data, split=split, limit=limit, data_dir=c.data_dir)
         if dataset.task != self.kind:
             raise ConfigError("data", f"{c.data} is a {dataset.task} set, but {c.model} is a {self.kind} model")
