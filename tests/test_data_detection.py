@@ -273,7 +273,8 @@ def test_scenes_num_images_zero_is_an_error_not_the_default():
 
 
 def test_detection_spec_errors():
-    with pytest.raises(ValueError, match=r"detection data must be one of fashion-scenes\[:key=value,...\], coco:DIR"):
+    with pytest.raises(ValueError, match=r"detection data must be one of fashion-scenes\[:key=value,...\], "
+                       r"nuclei\[:key=value,...\], coco:DIR"):  # fmt: skip
         build_detection_dataset("cocoo:x", "train")
     with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
         build_detection_dataset("coco:x", "val")

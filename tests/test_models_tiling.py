@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from convatlas.models import create_model
-from convatlas.models.tiling import mirror_pad, predict_tiled, tile_geometry, valid_input_size
+from convatlas.models.tiling import (
+    forward_padded,
+    mirror_pad,
+    predict_tiled,
+    tile_geometry,
+    unpadded_border,
+    unpadded_levels,
+    valid_input_size,
+    valid_output_size,
+)
 from convatlas.models.unet import UNet, output_size
 from helpers import randomize
 
@@ -83,3 +92,29 @@ def test_padded_networks_are_refused():
     model = create_model("unet", widths=(4, 8), padding="same")
     with pytest.raises(ValueError, match="needs an unpadded U-Net"):
         predict_tiled(model, torch.rand(1, 1, 16, 16))
+
+
+def test_paper_geometry_border_and_valid_outputs():
+    assert unpadded_border(5) == 92 and 572 - 2 * 92 == output_size(572)  # the paper's 572 -> 388 tile
+    assert [unpadded_border(levels) for levels in (2, 3, 4)] == [8, 20, 44]
+    for levels in (3, 4, 5):
+        for size in (1, 50, 116, 128, 300):
+            out = valid_output_size(size, levels=levels)
+            assert output_size(out + 2 * unpadded_border(levels), levels=levels) == out
+            assert out <= max(size, valid_output_size(1, levels=levels))
+            assert valid_output_size(out + 2 ** (levels - 1), levels=levels) == out + 2 ** (levels - 1)
+    assert valid_output_size(128) == 116
+    assert unpadded_levels(_small_unet(3)) == 3
+    assert unpadded_levels(UNet(in_channels=1, num_classes=2, widths=(4, 8), padding="same")) is None
+
+
+@pytest.mark.parametrize("size", [(17, 23), (40, 40)])
+def test_forward_padded_is_one_tile_with_gradients(size):
+    """The training path of an unpadded U-Net on images without context equals the numpy single pass, with grads."""
+    model = _small_unet(3)
+    image = torch.rand(2, 2, *size, dtype=torch.float64, requires_grad=True)
+    out = forward_padded(model, image)
+    assert out.shape == (2, 3, *size)
+    torch.testing.assert_close(out.detach(), _single_pass(model, image.detach(), 3))
+    out.sum().backward()
+    assert image.grad is not None and torch.isfinite(image.grad).all()

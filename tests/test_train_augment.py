@@ -1,4 +1,4 @@
-"""Training augmentation (convatlas.data.transforms): torchvision.transforms.v2 with masks and boxes moving with
+"""Training augmentation (convatlas.data.augment): torchvision.transforms.v2 with masks and boxes moving with
 their images, seeded per batch.
 
 References: the image itself. A mask (or a box) is drawn from the image's own pixels before the transform, so after
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from convatlas.data.transforms import IGNORE_INDEX, augment_batch, augment_sample, flip_and_shift
+from convatlas.data.augment import IGNORE_INDEX, augment_batch, augment_sample, flip_and_shift
 
 
 def _images_with_masks(n: int = 6, size: int = 28) -> tuple[torch.Tensor, torch.Tensor]:

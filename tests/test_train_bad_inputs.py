@@ -24,6 +24,10 @@ from tiny_runs import HAVE_FASHION_MNIST, blocks_coco, separable_tsv, tiny_confi
 CLS = ["--model", "mobilenet_v2", "--model-arg", "width_mult=0.35", "--data", "mnist5k", "--limit-train", "32",
        "--limit-test", "16", "--batch-size", "16", "--epochs", "1", "--threads", "1"]  # fmt: skip
 UNWRITABLE = "/proc/convatlas-no-such-place/run"  # not even root can create folders in /proc
+# A tiny unpadded U-Net (three levels) and a small Faster R-CNN, without their data (rows add --data).
+UNET = ["--model", "unet", "--model-arg", "widths=(4,8,16)", "--batch-size", "4", "--epochs", "1", "--threads", "1"]
+FASTER = ["--model", "faster_rcnn", "--model-arg", "fpn_channels=8", "--batch-size", "2", "--epochs", "1",
+          "--threads", "1"]  # fmt: skip
 
 
 def _copy_run(src: Path, dst: Path) -> Path:
@@ -331,6 +335,65 @@ ROWS = [
     ("proposals-json-unwritable", "proposals {image} --out {new}.png --json {unwritable}", "--json"),
     ("proposals-missing-image", "proposals {root}/none.png --out {new}.png", "IMAGE"),
 ]
+# The nuclei data spec and the options of U-Net's and Faster R-CNN's training on it.
+NUCLEI_ROWS = [
+    ("nuclei-unknown-option", "train {UNET} --data nuclei:sise=64 --out {new}", "--data|sise|size"),
+    ("nuclei-option-twice", "train {UNET} --data nuclei:size=32,size=64 --out {new}", "--data|size|twice"),
+    ("nuclei-size-not-a-number", "train {UNET} --data nuclei:size=big --out {new}", "--data|size|integer"),
+    ("nuclei-size-too-large", "train {UNET} --data nuclei:size=300 --out {new}", "--data|size 300|256"),
+    ("nuclei-samples-zero", "train {UNET} --data nuclei:samples=0 --out {new}", "--data|samples|>= 1"),
+    ("nuclei-quadrant-out-of-range", "train {UNET} --data nuclei:quadrant=7 --out {new}", "--data|quadrant|0..3"),
+    ("nuclei-separate-not-a-flag", "train {UNET} --data nuclei:separate=maybe --out {new}", "--data|separate"),
+    ("nuclei-separate-for-detection", "train {FASTER} --data nuclei:separate=0 --out {new}", "--data|separate"),
+    ("nuclei-loss-unknown", "train {UNET} --data nuclei:size=24 --loss dice --out {new}", "--loss|dice|unet-weighted"),
+    (
+        "nuclei-weighted-loss-with-label-smoothing",
+        "train {UNET} --data nuclei:size=24 --loss unet-weighted --label-smoothing 0.1 --out {new}",
+        "--label-smoothing|unet-weighted",
+    ),
+    ("loss-on-a-classification-run", "train {CLS} --loss unet-weighted --out {new}", "--loss|classification"),
+    ("loss-on-a-detection-run", "train {FASTER} --data nuclei --loss unet-weighted --out {new}", "--loss|detection"),
+    (
+        "nuclei-unpadded-unet-image-size",
+        "train {UNET} --data nuclei:size=24 --image-size 64 --out {new}",
+        "--image-size|unpadded",
+    ),  # fmt: skip
+    (
+        "fit-anchors-zero",
+        "train {FASTER} --data nuclei:size=32,samples=2 --fit-anchors 0 --out {new}",
+        "--fit-anchors|>= 1",
+    ),  # fmt: skip
+    ("fit-anchors-not-a-number", "train {FASTER} --data nuclei --fit-anchors many --out {new}", "--fit-anchors"),
+    (
+        "fit-anchors-for-rcnn",
+        "train --model rcnn --data nuclei --fit-anchors 3 --out {new}",
+        "--fit-anchors|faster_rcnn",
+    ),  # fmt: skip
+    (
+        "fit-anchors-on-segmentation",
+        "train {UNET} --data nuclei --fit-anchors 3 --out {new}",
+        "--fit-anchors|does not apply",
+    ),  # fmt: skip
+    (
+        "fit-anchors-more-than-boxes",
+        "train {FASTER} --data nuclei:size=16,samples=2 --fit-anchors 500 --out {new}",
+        "--fit-anchors|500|boxes",
+    ),
+    (
+        "fit-anchors-and-anchor-shapes",
+        "train {FASTER} --data nuclei:size=32,samples=2 --fit-anchors 2 --model-arg anchor_shapes=[[(8,8)]] "
+        "--out {new}",
+        "--fit-anchors|--model-arg|anchor_shapes",
+    ),
+]
+# Rows that need Fashion-MNIST (make data).
+SCENES_ROWS = [
+    (
+        "weighted-loss-without-instance-labels",
+        "train {UNET} --data fashion-scenes:num_images=8,canvas=32,scale=0.75-1.0 --loss unet-weighted --out {new}",
+        "--loss|unet-weighted|nuclei",
+    ),
+]
 SEGMENTATION_ROWS = [
     ("predict-mask-out-dir-is-a-file", "predict --checkpoint {seg} --out-dir {file} {image}", "--out-dir|{file}"),
     (
@@ -344,7 +407,8 @@ SEGMENTATION_ROWS = [
 
 
 def _expand(w, text: str) -> str:
-    return text.format(**vars(w), CLS=" ".join(CLS), new=w.root / "new-run", unwritable=UNWRITABLE)
+    return text.format(**vars(w), CLS=" ".join(CLS), UNET=" ".join(UNET), FASTER=" ".join(FASTER),
+                       new=w.root / "new-run", unwritable=UNWRITABLE)  # fmt: skip
 
 
 def _check(w, line: str, names: str) -> None:
@@ -353,7 +417,7 @@ def _check(w, line: str, names: str) -> None:
 
 
 def test_the_table_is_large_and_its_ids_unique():
-    ids = [row[0] for row in ROWS + SEGMENTATION_ROWS]
+    ids = [row[0] for row in ROWS + NUCLEI_ROWS + SCENES_ROWS + SEGMENTATION_ROWS]
     assert len(ids) == len(set(ids)) and len(ids) >= 60
 
 
@@ -362,8 +426,13 @@ def test_bad_command_line_is_refused_and_changes_nothing(ws, line, names):
     _check(ws, line, names)
 
 
+@pytest.mark.parametrize(("line", "names"), [pytest.param(a, n, id=i) for i, a, n in NUCLEI_ROWS])
+def test_bad_nuclei_command_line_is_refused_and_changes_nothing(ws, line, names):
+    _check(ws, line, names)
+
+
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="needs Fashion-MNIST (make data)")
-@pytest.mark.parametrize(("line", "names"), [pytest.param(a, n, id=i) for i, a, n in SEGMENTATION_ROWS])
+@pytest.mark.parametrize(("line", "names"), [pytest.param(a, n, id=i) for i, a, n in SCENES_ROWS + SEGMENTATION_ROWS])
 def test_bad_segmentation_command_line_is_refused_and_changes_nothing(ws, line, names):
     _check(ws, line, names)
 

@@ -56,6 +56,18 @@ CONFIG_OPTIONS = (
     ("--max-folds", int, "text: run only the first folds"),
     ("--backbone", str, "detection: the zoo image model under the detector"),
     ("--max-proposals", int, "detection: selective-search proposals per image (rcnn, fast_rcnn)"),
+    (
+        "--loss",
+        str,
+        "segmentation: cross-entropy (default) or unet-weighted (the U-Net paper's border weights, w0 10, "
+        "sigma 5 px; needs instance labels: nuclei)",
+    ),
+    (
+        "--fit-anchors",
+        int,
+        "detection (faster_rcnn): fit K anchor shapes to the training boxes (k-means on 1 - IoU) "
+        "and report the share of boxes each anchor set matches",
+    ),
 )
 _FLAG_OF = {"model_args": "--model-arg", "limit": "--limit", "split": "--split"}
 
@@ -165,7 +177,15 @@ def metric_lines(task: str, split: str, metrics: dict) -> list[str]:
         return "-" if v is None else f"{v:.4f}"
 
     if task == "segmentation":
-        return [f"{split} pixel accuracy: {show(metrics.get('acc'))}", f"{split} mIoU: {show(metrics.get('miou'))}"]
+        lines = [f"{split} pixel accuracy: {show(metrics.get('acc'))}"]
+        if "fg_iou" in metrics:
+            lines.append(f"{split} foreground IoU: {show(metrics.get('fg_iou'))}, Dice {show(metrics.get('dice'))}")
+        if "instance_f1" in metrics:
+            lines.append(
+                f"{split} instance F1 at IoU 0.5: {show(metrics.get('instance_f1'))} (precision "
+                f"{show(metrics.get('instance_precision'))}, recall {show(metrics.get('instance_recall'))})"
+            )
+        return [*lines, f"{split} mIoU: {show(metrics.get('miou'))}"]
     if task == "detection":
         ms = 1000 * (metrics.get("seconds_per_image") or 0.0)
         return [f"{split} COCO mAP: {show(metrics.get('coco_ap'))}, AP50 {show(metrics.get('coco_ap50'))}, "
@@ -237,7 +257,7 @@ def _predict(args) -> int:
     import torch
 
     from convatlas.files import atomic_write, check_output_dir, check_output_file
-    from convatlas.train.images import prepare_inputs
+    from convatlas.train.images import prepare_inputs, segment_scores
     from convatlas.train.plots import mask_to_png
 
     _check_positive("--top-k", args.top_k)
@@ -249,16 +269,16 @@ def _predict(args) -> int:
         _distinct(targets, args.images, "--out-dir")
         for target in targets:
             check_output_file(target, "--out-dir", overwrite=args.overwrite)
-    images = [_read_image(name, record.inputs) for name in args.images]
+    # A segmentation network is fully convolutional: it sees each image at its own size (or at --image-size if it
+    # was trained so) and gives a mask of that size; a classifier sees the training data's size.
+    segment = record.task == "segmentation"
+    images = [_read_image(name, record.inputs, resize=not segment) for name in args.images]
     spec = record.inputs
     for name, (x, original) in zip(args.images, images, strict=True):
         x = prepare_inputs(x, mean=spec.mean, std=spec.std, image_size=spec.image_size,
                            device=next(model.parameters()).device)  # fmt: skip
-        with torch.no_grad():
-            logits = model(x).float()
-        if record.task == "segmentation":
-            logits = torch.nn.functional.interpolate(logits, size=original, mode="bilinear", align_corners=False)
-            mask = logits.argmax(1)[0].cpu()
+        if segment:
+            mask = segment_scores(model, x, original).argmax(1)[0].cpu()
             out_dir.mkdir(parents=True, exist_ok=True)
             path = atomic_write(out_dir / f"{Path(name).stem}.mask.png", lambda tmp, m=mask: mask_to_png(m, tmp))
             counts = torch.bincount(mask.flatten(), minlength=len(record.classes))
@@ -266,7 +286,8 @@ def _predict(args) -> int:
                                for c in counts.argsort(descending=True)[:4])  # fmt: skip
             print(f"{name}: mask {path} ({mask.shape[1]}x{mask.shape[0]}); pixels: {shares}")
         else:
-            probs = logits.softmax(1)[0].cpu()
+            with torch.no_grad():
+                probs = model(x).float().softmax(1)[0].cpu()
             top = probs.topk(min(args.top_k, probs.numel()))
             ranked = ", ".join(f"{record.classes[i]} {p:.4f}" for p, i in zip(top.values, top.indices, strict=True))
             print(f"{name}: {ranked}")
@@ -281,8 +302,8 @@ def _distinct(targets: list[Path], sources: list[str], option: str) -> None:
         seen[target] = source
 
 
-def _read_image(name: str, spec):
-    """``(Tensor[1, C, H, W] in [0, 1] at the training data's size, (H, W) of the file)``."""
+def _read_image(name: str, spec, *, resize: bool = True):
+    """``(Tensor[1, C, H, W] in [0, 1] at the training data's size (``resize``) or its own, (H, W) of the file)``."""
     import torch
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import v2
@@ -295,7 +316,9 @@ def _read_image(name: str, spec):
     except (OSError, UnidentifiedImageError) as err:
         raise InputError(f"IMAGE {name}: not a readable image ({err})") from None
     x = v2.functional.to_dtype(v2.functional.to_image(image), torch.float32, scale=True)
-    x = v2.functional.resize(x, list(spec.data_size), antialias=True).as_subclass(torch.Tensor)[None]
+    if resize:
+        x = v2.functional.resize(x, list(spec.data_size), antialias=True)
+    x = x.as_subclass(torch.Tensor)[None]
     return x, (image.height, image.width)
 
 

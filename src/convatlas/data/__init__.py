@@ -9,10 +9,14 @@ Specs (``convatlas train --data SPEC``):
   training lacks is an error naming it, and a training class the test split lacks simply has no test images;
 - ``segfolder:IMAGES:MASKS``: image/mask pairs for segmentation (the same pairs serve as both splits);
 - ``fashion-scenes[:key=value,...]``: generated scenes for segmentation (keys of :class:`FashionScenes`, for
-  example ``fashion-scenes:num_images=2000,canvas=64``).
+  example ``fashion-scenes:num_images=2000,canvas=64``);
+- ``nuclei[:key=value,...]``: the real fluorescence image of cell nuclei in the ``stardist`` wheel, split spatially
+  (:class:`~convatlas.data.nuclei.NucleiSegmentation`; keys ``size``, ``samples``, ``quadrant``, ``seed``,
+  ``separate``, for example ``nuclei:size=96,samples=512``). Its training items carry the U-Net weight map
+  (``{"mask", "weight"}``), its test item the instance labels (``{"mask", "instances"}``).
 
 Text specs (``mr``, ``cr``, ``tsv:PATH``) are loaded by :func:`convatlas.data.text.load_text`, detection specs
-(``fashion-scenes``, ``coco:DIR``, ``voc:DIR``) by :func:`convatlas.data.detection.build_detection_dataset`.
+(``fashion-scenes``, ``nuclei``, ``coco:DIR``, ``voc:DIR``) by :func:`convatlas.data.detection.build_detection_dataset`.
 
 Every dataset carries ``task``, ``num_classes``, ``in_channels``, ``classes``, ``mean`` and ``std`` so that models
 take their input channels and classes from the data. Every builder takes ``limit`` (``None`` or an int ``>= 1``).
@@ -32,12 +36,13 @@ from torch.utils.data import Dataset
 from convatlas.data.fashion_mnist import FashionMNIST, check_split, read_idx
 from convatlas.data.folders import ImageFolder, SegmentationFolder, check_folder, find_classes
 from convatlas.data.mnist import MNIST5k
+from convatlas.data.nuclei import NucleiDetection, NucleiSegmentation, parse_nuclei_options
 from convatlas.data.scenes import FashionScenes, SegmentationView, parse_scenes_options
 from convatlas.data.subset import Subset, check_limit, limited
 from convatlas.errors import InputTypeError
 from convatlas.utils import close_matches
 
-IMAGE_SPECS = ("fashion-mnist", "mnist5k", "imagefolder", "segfolder", "fashion-scenes")
+IMAGE_SPECS = ("fashion-mnist", "mnist5k", "imagefolder", "segfolder", "fashion-scenes", "nuclei")
 TEXT_SPECS = ("mr", "cr", "tsv")
 _SCENES_DEFAULT_IMAGES = {"train": 2000, "test": 500}
 
@@ -93,6 +98,7 @@ def build_dataset(
     limit: int | None = None,
     channels: int | None = None,
     classes: Sequence[str] | None = None,
+    crop: tuple[int, int] | None = None,
 ) -> Dataset:
     """Build one split of the dataset a spec names.
 
@@ -109,6 +115,9 @@ def build_dataset(
             matches its folders to them by name; ``segfolder`` takes them as the names of its mask values; for the
             other sets they must equal the set's own classes. By default the test split of ``imagefolder:DIR`` takes
             the classes of ``DIR/train``.
+        crop: ``(size, context)`` of the training crops of ``nuclei``, replacing its ``size``: images and masks of
+            ``size + 2 * context`` pixels a side, of which an unpadded network predicts the central ``size`` (set by
+            the segmentation task). Other specs refuse it.
 
     Returns:
         a dataset with ``task``, ``num_classes``, ``in_channels``, ``classes``, ``mean`` and ``std``.
@@ -126,6 +135,8 @@ def build_dataset(
         raise ValueError(f"data {spec!r}: a text set (sentences), not images; text models train on it")
     if kind in ("fashion-mnist", "mnist5k") and rest:
         raise ValueError(f"data {spec!r}: {kind} takes no options")
+    if crop is not None and kind != "nuclei":
+        raise ValueError(f"data {spec!r}: crop applies to nuclei only (crops of one large image), not to {kind}")
     if kind == "fashion-mnist":
         dataset = FashionMNIST(split, data_dir=data_dir)
     elif kind == "mnist5k":
@@ -138,6 +149,17 @@ def build_dataset(
             raise ValueError(f"data {spec!r}: expected segfolder:IMAGES:MASKS")
         channels = 3 if channels is None else channels
         dataset = SegmentationFolder(images, masks, image_size=image_size, channels=channels, classes=classes)
+    elif kind == "nuclei":
+        options = parse_nuclei_options(spec, rest)
+        if crop is not None:
+            options["size"], options["context"] = crop
+            options["whole_maps"] = True
+        if channels is not None:
+            options["channels"] = channels
+        try:
+            dataset = NucleiSegmentation(split, weights=split == "train", instances=split == "test", **options)
+        except ValueError as err:  # a crop too large for the training region: name the spec
+            raise ValueError(f"data {spec!r}: {err}") from None
     else:
         options = {"num_images": _SCENES_DEFAULT_IMAGES[split], **parse_scenes_options(spec, rest)}
         if channels is not None:
@@ -151,10 +173,13 @@ def build_dataset(
     return limited(dataset, limit)
 
 
-def collate(items: list) -> tuple[Tensor, Tensor]:
-    """Stack ``(image, label_or_mask)`` items into ``(Tensor[B, C, H, W], Tensor[B] or Tensor[B, H, W])``."""
+def collate(items: list) -> tuple[Tensor, Tensor | dict[str, Tensor]]:
+    """Stack ``(image, label_or_mask)`` items into ``(Tensor[B, C, H, W], Tensor[B] or Tensor[B, H, W])``; targets
+    that are dicts of maps (``{"mask", "weight"}``) become one dict of stacked maps."""
     images = torch.stack([x for x, _ in items])
     targets = [y for _, y in items]
+    if isinstance(targets[0], dict):
+        return images, {k: torch.stack([t[k] for t in targets]) for k in targets[0]}
     target = torch.stack(targets) if isinstance(targets[0], Tensor) else torch.tensor(targets, dtype=torch.int64)
     return images, target
 
@@ -165,6 +190,8 @@ __all__ = [
     "ImageFolder",
     "IMAGE_SPECS",
     "MNIST5k",
+    "NucleiDetection",
+    "NucleiSegmentation",
     "SegmentationFolder",
     "SegmentationView",
     "Subset",

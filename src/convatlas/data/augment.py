@@ -1,23 +1,38 @@
-"""The U-Net paper's augmentation as ``torchvision.transforms.v2`` transforms: masks and boxes move with the image.
+"""Augmentation as ``torchvision.transforms.v2`` transforms: masks, weight maps and boxes move with their images.
 
-Ronneberger, Fischer and Brox (2015), section 3.1: "we generate smooth deformations using random displacement vectors
-on a coarse 3 by 3 grid. The displacements are sampled from a Gaussian distribution with 10 pixels standard deviation.
-Per-pixel displacements are then computed using bicubic interpolation." :class:`ElasticGrid` does exactly that.
-torchvision's ``v2.ElasticTransform`` is a different deformation (Simard et al. 2003: an independent random
-displacement per pixel, smoothed by a Gaussian of ``sigma`` and scaled by ``alpha``); it is not used here.
+Two recipes (:func:`augmentation` picks one by name):
 
-- :class:`RandomRot90`: a rotation by ``k * 90`` degrees, ``k`` uniform in ``{0, 1, 2, 3}``; exact on images, masks
-  and boxes (with ``v2.RandomHorizontalFlip`` and ``v2.RandomVerticalFlip`` it covers the eight symmetries of a square).
-- :class:`ElasticGrid`: the paper's elastic deformation of images (bilinear or bicubic) and masks (nearest), with
-  mirror padding outside the image. Boxes cannot follow a non-rigid deformation exactly, so it rejects them: deform
-  instance masks and take the boxes of the deformed masks (:func:`convatlas.data.nuclei.targets_from_instances`).
-- :func:`unet_augmentation`: flips, 90-degree rotations and the elastic deformation, in that order.
+- ``"flip-shift"`` (:func:`flip_and_shift`): a random horizontal flip and a random shift of up to 1/14 of each side,
+  zero-filled; the engine's ``augment`` for every data set but the nuclei.
+- ``"unet"`` (:func:`unet_augmentation`): the U-Net paper's: random horizontal and vertical flips, a random multiple
+  of 90 degrees and the elastic deformation of Ronneberger, Fischer and Brox (2015), section 3.1: "we generate smooth
+  deformations using random displacement vectors on a coarse 3 by 3 grid. The displacements are sampled from a
+  Gaussian distribution with 10 pixels standard deviation. Per-pixel displacements are then computed using bicubic
+  interpolation." (:class:`ElasticGrid` does exactly that; torchvision's ``v2.ElasticTransform`` is a different
+  deformation, Simard et al. 2003: an independent random displacement per pixel, smoothed by a Gaussian of ``sigma``
+  and scaled by ``alpha``.) The nuclei sets declare it (their ``augmentation`` attribute).
 
-The functions under them are pure: :func:`elastic_field` (the per-pixel displacements from the coarse grid) and
+The transforms under them: :class:`RandomRot90` (a rotation by ``k * 90`` degrees, exact on images, masks and boxes;
+with the two flips it covers the eight symmetries of a square) and :class:`ElasticGrid` (images bilinear or bicubic,
+masks nearest, mirror padding outside the image; it refuses boxes, which cannot follow a non-rigid deformation
+exactly). The pure functions under those: :func:`elastic_field` (per-pixel displacements from the coarse grid) and
 :func:`elastic_warp` (resampling by a displacement field).
 
-Randomness comes from torch's global generator, as in every ``v2`` transform: seed it (for example under
-``torch.random.fork_rng``) for repeatable draws.
+Applying a recipe to samples of each kind (:func:`augment_sample`, :func:`augment_batch`; plain tensors in and out):
+
+- classification: ``(Image[C, H, W], label)``, the label passes through;
+- segmentation: ``(Image, mask Tensor[H, W])`` or ``(Image, {name: Tensor[H, W]})`` (a class mask ``"mask"`` with a
+  per-pixel ``"weight"``, ...). Pixels shifted in from outside the image get ``ignore_index`` in the class mask (0
+  in other maps);
+- detection: ``(Image, {"boxes": Tensor[K, 4] (x1, y1, x2, y2), "labels": Tensor[K], ...})``. With ``"masks"``
+  (``Tensor[K, H, W]`` bool) the masks move with the image and each box is recomputed tight around its mask (``x2``,
+  ``y2`` exclusive), so boxes follow any deformation exactly; without masks the boxes are transformed and clamped to
+  the image. Either way an object left with less than one pixel of width or height is dropped with its label (and its
+  ``difficult`` flag and mask).
+
+Randomness comes from torch's global generator, as in every ``v2`` transform, so :func:`augment_batch` draws under a
+forked generator seeded per call: the same seed gives the same augmentation, which the training engine needs for an
+exact resume.
 """
 
 from __future__ import annotations
@@ -32,6 +47,13 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from convatlas.errors import InputTypeError
+
+KINDS = ("classification", "segmentation", "detection")
+AUGMENTATIONS = ("flip-shift", "unet")
+IGNORE_INDEX = 255
+ELASTIC_GRID = 3  # the U-Net paper's coarse grid: 3 x 3 displacement vectors
+ELASTIC_SIGMA = 10.0  # their standard deviation in pixels
+_PER_OBJECT = ("boxes", "labels", "difficult", "masks")  # detection target entries with one row per object
 
 
 def _rot90_boxes(boxes: tv_tensors.BoundingBoxes, k: int) -> tv_tensors.BoundingBoxes:
@@ -137,7 +159,8 @@ class ElasticGrid(v2.Transform):
         interpolation: resampling of images, ``"bilinear"`` or ``"bicubic"``; masks always use nearest.
     """
 
-    def __init__(self, *, grid: int = 3, sigma: float = 10.0, interpolation: str = "bilinear") -> None:
+    def __init__(self, *, grid: int = ELASTIC_GRID, sigma: float = ELASTIC_SIGMA, interpolation: str = "bilinear"
+                 ) -> None:  # fmt: skip
         super().__init__()
         if grid < 2:
             raise ValueError(f"ElasticGrid: grid must be >= 2 points per side, got {grid}")
@@ -177,7 +200,7 @@ class ElasticGrid(v2.Transform):
         return f"grid={self.grid}, sigma={self.sigma}, interpolation={self.interpolation!r}"
 
 
-def unet_augmentation(*, elastic: bool = True, grid: int = 3, sigma: float = 10.0) -> v2.Compose:
+def unet_augmentation(*, elastic: bool = True, grid: int = ELASTIC_GRID, sigma: float = ELASTIC_SIGMA) -> v2.Compose:
     """Random horizontal and vertical flips, a random multiple of 90 degrees and (optionally) :class:`ElasticGrid`.
 
     Args:
@@ -190,4 +213,154 @@ def unet_augmentation(*, elastic: bool = True, grid: int = 3, sigma: float = 10.
     return v2.Compose(steps)
 
 
-__all__ = ["ElasticGrid", "RandomRot90", "elastic_field", "elastic_warp", "unet_augmentation"]
+def flip_and_shift(kind: str, *, max_shift: float = 1 / 14, ignore_index: int = IGNORE_INDEX) -> v2.Transform:
+    """Random horizontal flip (p = 0.5) and a random shift of up to ``max_shift`` of each side, zero-filled.
+
+    Args:
+        kind: ``"classification"``, ``"segmentation"`` or ``"detection"`` (what the targets are).
+        max_shift: the largest shift as a fraction of the width (horizontal) and height (vertical).
+        ignore_index: the class-mask value of pixels shifted in from outside (segmentation; detection's instance
+            masks get 0 there).
+    """
+    _check_kind("flip_and_shift", kind)
+    if not 0 <= max_shift < 1:
+        raise ValueError(f"flip_and_shift: max_shift must be in [0, 1), got {max_shift}")
+    fill = {tv_tensors.Image: 0, tv_tensors.Mask: ignore_index if kind == "segmentation" else 0}
+    return v2.Compose(
+        [v2.RandomHorizontalFlip(p=0.5), v2.RandomAffine(degrees=0, translate=(max_shift, max_shift), fill=fill)]
+    )
+
+
+def augmentation(name: str, kind: str) -> v2.Transform:
+    """A recipe by name: ``"flip-shift"`` (:func:`flip_and_shift`) or ``"unet"`` (:func:`unet_augmentation`).
+
+    Raises:
+        ValueError: an unknown name or kind.
+    """
+    _check_kind("augmentation", kind)
+    if name == "flip-shift":
+        return flip_and_shift(kind)
+    if name == "unet":
+        return unet_augmentation()
+    raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {name!r}")
+
+
+def _check_kind(where: str, kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+def boxes_of_masks(masks: Tensor) -> Tensor:
+    """The tight box of each non-empty mask, ``x2`` and ``y2`` exclusive (a one-pixel mask has a box 1 wide).
+
+    Args:
+        masks (Tensor[K, H, W]): bool.
+
+    Returns:
+        Tensor[K, 4] float32 (x1, y1, x2, y2); an empty mask gets ``(0, 0, 0, 0)``.
+    """
+    rows, cols = masks.any(2), masks.any(1)  # (K, H), (K, W)
+    height, width = masks.shape[-2:]
+    y1, x1 = rows.float().argmax(1), cols.float().argmax(1)
+    y2, x2 = height - rows.flip(1).float().argmax(1), width - cols.flip(1).float().argmax(1)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).float().reshape(-1, 4)
+    return torch.where(rows.any(1, keepdim=True), boxes, torch.zeros_like(boxes))
+
+
+def _segmentation(transform: v2.Transform, image: Tensor, target) -> tuple[Tensor, Any]:
+    maps = target if isinstance(target, dict) else {"mask": target}
+    out_image, out = transform(tv_tensors.Image(image), {k: tv_tensors.Mask(v) for k, v in maps.items()})
+    out = {k: v.as_subclass(Tensor) for k, v in out.items()}
+    return out_image.as_subclass(Tensor), out if isinstance(target, dict) else out["mask"]
+
+
+def _detection(transform: v2.Transform, image: Tensor, target: dict) -> tuple[Tensor, dict]:
+    size = tuple(image.shape[-2:])
+    if "masks" in target:
+        inputs = {k: v for k, v in target.items() if k != "boxes"}
+        inputs["masks"] = tv_tensors.Mask(target["masks"])
+        out_image, out = transform(tv_tensors.Image(image), inputs)
+        out = {k: v.as_subclass(Tensor) if isinstance(v, Tensor) else v for k, v in out.items()}
+        out["boxes"] = boxes_of_masks(out["masks"].bool())
+        out["masks"] = out["masks"].bool()
+    else:
+        boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=size)
+        out_image, out = transform(tv_tensors.Image(image), {**target, "boxes": boxes})
+        out = {k: v.as_subclass(Tensor) if isinstance(v, Tensor) else v for k, v in out.items()}
+        height, width = out_image.shape[-2:]
+        limit = torch.tensor([width, height, width, height], dtype=out["boxes"].dtype)
+        out["boxes"] = torch.minimum(out["boxes"].clamp(min=0), limit)
+    boxes = out["boxes"]
+    keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+    for key in _PER_OBJECT:
+        if key in out:
+            out[key] = out[key][keep]
+    return out_image.as_subclass(Tensor), {key: out[key] for key in target}
+
+
+def augment_sample(transform: v2.Transform, kind: str, image: Tensor, target):
+    """Apply ``transform`` to one sample of the given kind (see the module docstring); plain tensors in and out.
+
+    Args:
+        image (Tensor[C, H, W]): the image.
+        target: an int label; a mask ``Tensor[H, W]`` or a dict of such maps; or a dict with ``boxes (Tensor[K, 4])``,
+            ``labels (Tensor[K])`` and optionally ``masks (Tensor[K, H, W])`` and ``difficult (Tensor[K])``.
+
+    Returns:
+        ``(image, target)`` of the same kinds and keys.
+    """
+    _check_kind("augment_sample", kind)
+    if kind == "segmentation":
+        return _segmentation(transform, image, target)
+    if kind == "detection":
+        return _detection(transform, image, target)
+    out_image, label = transform(tv_tensors.Image(image), target)
+    return out_image.as_subclass(Tensor), label
+
+
+def augment_batch(transform: v2.Transform, kind: str, images, targets, *, seed: int):
+    """Augment every sample of a batch, drawing from a generator seeded with ``seed`` (global state untouched).
+
+    Args:
+        images (Tensor[B, C, H, W] or list[Tensor[C, H, W]]): the images.
+        targets: ``Tensor[B]`` labels, ``Tensor[B, H, W]`` masks, a dict of ``Tensor[B, H, W]`` maps, or a list of
+            per-image dicts (detection).
+
+    Returns:
+        ``(images, targets)`` of the same kinds (stacked again when given stacked).
+    """
+    if isinstance(targets, dict):
+        per_sample = [{k: v[i] for k, v in targets.items()} for i in range(len(images))]
+    else:
+        per_sample = [targets[i] for i in range(len(images))]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pairs = [augment_sample(transform, kind, x, per_sample[i]) for i, x in enumerate(images)]
+    new_images = [x for x, _ in pairs]
+    new_targets = [y for _, y in pairs]
+    if isinstance(images, Tensor):
+        new_images = torch.stack(new_images)
+    if isinstance(targets, dict):
+        new_targets = {k: torch.stack([t[k] for t in new_targets]) for k in targets}
+    elif isinstance(targets, Tensor):
+        new_targets = torch.stack(new_targets) if kind == "segmentation" else targets.clone()
+    return new_images, new_targets
+
+
+__all__ = [
+    "AUGMENTATIONS",
+    "ELASTIC_GRID",
+    "ELASTIC_SIGMA",
+    "IGNORE_INDEX",
+    "KINDS",
+    "ElasticGrid",
+    "RandomRot90",
+    "augment_batch",
+    "augment_sample",
+    "augmentation",
+    "boxes_of_masks",
+    "elastic_field",
+    "elastic_warp",
+    "flip_and_shift",
+    "unet_augmentation",
+]

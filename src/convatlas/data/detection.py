@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from convatlas.data.fashion_mnist import check_split
 from convatlas.data.folders import check_folder
+from convatlas.data.nuclei import NucleiDetection, parse_nuclei_options
 from convatlas.data.scenes import FashionScenes, parse_scenes_options
 from convatlas.data.subset import check_limit, limited
 from convatlas.errors import InputTypeError
@@ -385,15 +386,19 @@ class ScenesDetection(Dataset):
         return image, {"boxes": target["boxes"], "labels": target["labels"]}
 
 
-DETECTION_SPECS = ("fashion-scenes[:key=value,...]", "coco:DIR", "voc:DIR")
+DETECTION_SPECS = ("fashion-scenes[:key=value,...]", "nuclei[:key=value,...]", "coco:DIR", "voc:DIR")
 
 
 def build_detection_dataset(spec: str, split: str, *, num_images: int | None = None, canvas: int = 96,
                             seed: int = 0, limit: int | None = None, classes=None) -> Dataset:  # fmt: skip
-    """A detection dataset from a spec: ``fashion-scenes[:key=value,...]``, ``coco:DIR`` or ``voc:DIR``.
+    """A detection dataset from a spec: ``fashion-scenes[:key=value,...]``, ``nuclei[:key=value,...]``, ``coco:DIR``
+    or ``voc:DIR``.
 
     ``fashion-scenes`` takes the options of the segmentation spec (``num_images``, ``canvas``, ``seed``,
-    ``max_items``, ``scale``; ``channels`` is 3); they override the keyword arguments below.
+    ``max_items``, ``scale``; ``channels`` is 3); they override the keyword arguments below. ``nuclei`` is
+    :class:`~convatlas.data.nuclei.NucleiDetection` (options ``size``, ``samples``, ``quadrant``, ``seed``; random
+    crops of the training region, the held-out quadrant as the one test image; its targets carry the instance
+    ``masks``, so augmentation moves the boxes with them exactly).
 
     ``coco:DIR`` reads ``DIR/annotations/instances_{split}.json`` (or ``DIR/{split}.json``) with images in
     ``DIR/{split}`` (or ``DIR/images``, or ``DIR``); ``voc:DIR`` is :class:`VOCDetection` with ``split``
@@ -425,6 +430,12 @@ def build_detection_dataset(spec: str, split: str, *, num_images: int | None = N
         if options.pop("channels", 3) != 3:
             raise ValueError(f"data {spec!r}: detection scenes have 3 channels")
         dataset = ScenesDetection(split, **options)
+    elif kind == "nuclei":
+        options = parse_nuclei_options(spec, folder, task="detection")
+        try:
+            dataset = NucleiDetection(split, **options)
+        except ValueError as err:  # a crop too large for the training region: name the spec
+            raise ValueError(f"data {spec!r}: {err}") from None
     elif kind == "coco" and folder:
         root = check_folder(folder, "coco:")
         candidates = [root / "annotations" / f"instances_{split}.json", root / f"{split}.json"]
@@ -437,7 +448,7 @@ def build_detection_dataset(spec: str, split: str, *, num_images: int | None = N
         voc_split = "trainval" if split == "train" else split
         dataset = VOCDetection(folder, split=voc_split, classes=VOC_CLASSES if classes is None else classes)
     else:
-        hint = close_matches(kind, ("fashion-scenes", "coco", "voc"))
+        hint = close_matches(kind, ("fashion-scenes", "nuclei", "coco", "voc"))
         raise ValueError(f"data {spec!r}: detection data must be one of {', '.join(DETECTION_SPECS)}{hint}")
     if classes is not None and kind != "voc" and tuple(classes) != tuple(dataset.classes[1:]):
         raise ValueError(

@@ -26,6 +26,14 @@ Datasets (with ``task``, ``num_classes``, ``in_channels``, ``classes``, ``mean``
   as the unpadded U-Net needs. The test split is one item, the held-out quadrant.
 - :class:`NucleiDetection`: ``(image, {"boxes", "labels", "masks"})`` from the same crops and quadrant.
 
+Both declare ``augmentation = "unet"``: the training engine's ``augment`` gives them the U-Net paper's flips,
+90-degree rotations and elastic deformation (:mod:`convatlas.data.augment`).
+
+As a data spec (``convatlas train --data nuclei[:key=value,...]``, :func:`parse_nuclei_options`): ``size`` (the
+training crops' side, default 128), ``samples`` (crops per epoch, default 256), ``quadrant`` (the held-out one, 0..3
+or its name, default ``bottom-right``), ``seed`` (of the crop positions, default 0) and, for segmentation,
+``separate`` (1 or 0, default 1).
+
 Touching nuclei: with ``separate=True`` (the default) the class mask has a one-pixel background gap where two nuclei
 touch (:func:`convatlas.ops.masks.separate_touching`), the "separation borders" of the U-Net paper.
 """
@@ -45,6 +53,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from convatlas.data.specs import parse_options, read_bool
 from convatlas.ops.masks import separate_touching
 from convatlas.ops.unet_loss import class_balance_weights, unet_weight_map
 
@@ -237,10 +246,52 @@ def _pad(x: Tensor, context: int) -> Tensor:
     return out.to(x.dtype).reshape(*lead, *out.shape[-2:])
 
 
+def _quadrant(text: str) -> int:
+    value = QUADRANTS.index(text) if text in QUADRANTS else int(text)
+    if value not in range(4):
+        raise ValueError(text)
+    return value
+
+
+def _at_least(low: int):
+    def read(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise ValueError(text)
+        return value
+
+    return read
+
+
+_OPTIONS = {
+    "size": (_at_least(1), "an integer number of pixels >= 1"),
+    "samples": (_at_least(1), "an integer >= 1"),
+    "quadrant": (_quadrant, f"0..3 or one of {', '.join(QUADRANTS)}"),
+    "seed": (_at_least(0), "an integer >= 0"),
+    "separate": (read_bool, "1 or 0"),
+}
+_KEYWORDS = {"size": "size", "samples": "num_samples", "quadrant": "test_quadrant", "seed": "seed",
+             "separate": "separate"}  # fmt: skip
+
+
+def parse_nuclei_options(spec: str, text: str, *, task: str = "segmentation") -> dict:
+    """The ``key=value,...`` options of a ``nuclei:...`` spec as keywords of :class:`NucleiSegmentation` (or, with
+    ``task="detection"``, of :class:`NucleiDetection`, which has no ``separate``).
+
+    Raises:
+        ValueError: an unknown key, a value that does not parse, or ``separate`` for detection (naming it).
+    """
+    options = parse_options(spec, text, _OPTIONS)
+    if task == "detection" and "separate" in options:
+        raise ValueError(f"data {spec!r}: separate applies to nuclei segmentation masks, not to detection boxes")
+    return {_KEYWORDS[k]: v for k, v in options.items()}
+
+
 class _NucleiCrops(Dataset):
     """What the two datasets share: the split, crop positions, per-item seeding, augmentation and metadata."""
 
     classes = CLASSES
+    augmentation = "unet"  # the recipe of convatlas.data.augment the training engine applies with `augment`
 
     def __init__(self, split: str, *, size: int, context: int, num_samples: int, seed: int, test_quadrant: int,
                  channels: int, transform: Callable | None) -> None:  # fmt: skip
@@ -278,12 +329,12 @@ class _NucleiCrops(Dataset):
     def _item_seed(self, index: int) -> int:
         return (self.seed * 1_000_003 + self.epoch) * 1_000_033 + index
 
-    def _crop(self, index: int, maps: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def _crop(self, index: int, maps: dict[str, Tensor], *, cut: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
         """A random training crop of the canvas and of ``maps`` (each ``Tensor[H + 2 * context, W + 2 * context]``,
         mirror-padded like the canvas), augmented, as tensors.
 
-        The image has ``size + 2 * context`` pixels a side; the maps are cut to the central ``size`` after the
-        augmentation (which sees the whole window, so the image and the maps move together).
+        The image has ``size + 2 * context`` pixels a side; with ``cut`` the maps are cut to the central ``size``
+        after the augmentation (which sees the whole window, so the image and the maps move together).
         """
         seed = self._item_seed(index)
         gen = torch.Generator().manual_seed(seed)
@@ -292,7 +343,8 @@ class _NucleiCrops(Dataset):
         image = self._padded_canvas[:, y : y + side, x : x + side]
         window = {k: v[y : y + side, x : x + side] for k, v in maps.items()}
         image, window = self._augment(image, window, seed)
-        window = {k: v[c : c + self.size, c : c + self.size] for k, v in window.items()}
+        if cut:
+            window = {k: v[c : c + self.size, c : c + self.size] for k, v in window.items()}
         return image, window
 
     def _augment(self, image: Tensor, maps: dict[str, Tensor], seed: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -339,15 +391,18 @@ class NucleiSegmentation(_NucleiCrops):
         weights: also return the U-Net weight map (:func:`convatlas.ops.unet_loss.unet_weight_map` of the training
             nuclei, ``w0 = 10``, ``sigma = 5``, class weights from the training region's frequencies).
         instances: also return the instance ids (training nuclei in a training crop, test nuclei in the test item).
+        whole_maps: with ``context``, give the maps over the whole input window (real labels in the context, mirrored
+            at the image border) instead of its centre, so that a later augmentation deforms them with the image
+            without losing labels at the centre's edge; a loss on an unpadded network's output uses their centre.
         transform: a ``v2`` transform called as ``transform(image, maps)`` with ``image`` a ``tv_tensors.Image`` and
             ``maps`` a dict of ``tv_tensors.Mask`` (for example :func:`convatlas.data.augment.unet_augmentation`); it
             runs under a seed of the item, so items are repeatable.
 
     Items are ``(image, mask)``, or ``(image, {"mask", "weight", "instances"})`` with ``weights`` or ``instances``:
     ``image (Tensor[C, S + 2 * context, S + 2 * context])`` float32 in ``[0, 1]``, ``mask (Tensor[S, S])`` int64 with
-    0 background, 1 nucleus and 255 ignored, ``weight (Tensor[S, S])`` float32, ``instances (Tensor[S, S])`` int64.
-    The test item is the whole quadrant (256x256, no context; predict it with
-    :func:`convatlas.models.tiling.predict_tiled` for an unpadded network) and has no weight map.
+    0 background, 1 nucleus and 255 ignored, ``weight (Tensor[S, S])`` float32, ``instances (Tensor[S, S])`` int64
+    (``S + 2 * context`` a side with ``whole_maps``). The test item is the whole quadrant (256x256, no context;
+    predict it with :func:`convatlas.models.tiling.predict_tiled` for an unpadded network) and has no weight map.
     """
 
     task = "segmentation"
@@ -366,6 +421,7 @@ class NucleiSegmentation(_NucleiCrops):
         separate: bool = True,
         weights: bool = False,
         instances: bool = False,
+        whole_maps: bool = False,
         transform: Callable | None = None,
     ) -> None:
         super().__init__(
@@ -378,7 +434,7 @@ class NucleiSegmentation(_NucleiCrops):
             channels=channels,
             transform=transform,
         )
-        self.separate, self.weights, self.instances = separate, weights, instances
+        self.separate, self.weights, self.instances, self.whole_maps = separate, weights, instances, whole_maps
         if split == "train":
             self.mask, self.weight = _training_maps(test_quadrant, separate, weights)
             self._padded_maps = {
@@ -393,7 +449,7 @@ class NucleiSegmentation(_NucleiCrops):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor | dict[str, Tensor]]:
         index = self._check_index(index)
         if self.split == "train":
-            image, out = self._crop(index, self._padded_maps)
+            image, out = self._crop(index, self._padded_maps, cut=not self.whole_maps)
         else:
             maps = {"mask": self.mask, "instances": self.prep.test_instances}
             image, out = self._augment(self.prep.test_image, maps, self._item_seed(index))
@@ -453,6 +509,7 @@ __all__ = [
     "NucleiSplit",
     "load_nuclei",
     "nuclei_files",
+    "parse_nuclei_options",
     "spatial_split",
     "targets_from_instances",
 ]

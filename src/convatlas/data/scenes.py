@@ -23,8 +23,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from convatlas.data.fashion_mnist import CLASSES, FashionMNIST, check_split
+from convatlas.data.specs import parse_options
 from convatlas.errors import InputTypeError
-from convatlas.utils import as_tuple, close_matches
+from convatlas.utils import as_tuple
 
 _SPLIT_SALT = {"train": 0, "test": 1_000_003}
 # Bounds that keep every scene's tensors and generator seed in range (a 8192x8192 scene is 512 MiB of masks per item).
@@ -68,22 +69,7 @@ def parse_scenes_options(spec: str, text: str) -> dict:
     Raises:
         ValueError: an item that is not ``key=value``, an unknown key, or a value that does not parse (naming it).
     """
-    options = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"data {spec!r}: option {item!r} is not key=value")
-        if key not in _SCENES_OPTIONS:
-            raise ValueError(
-                f"data {spec!r}: unknown option {key!r}{close_matches(key, _SCENES_OPTIONS)} "
-                f"(known: {', '.join(_SCENES_OPTIONS)})"
-            )
-        read, looks = _SCENES_OPTIONS[key]
-        try:
-            options[key] = read(value.strip())
-        except ValueError:
-            raise ValueError(f"data {spec!r}: {key} must be {looks}, got {value!r}") from None
-    return options
+    return parse_options(spec, text, _SCENES_OPTIONS)
 
 
 class FashionScenes(Dataset):

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from convatlas.errors import InputTypeError
 
 # What a dataset says about itself; a subset keeps whichever of these its dataset has.
-METADATA = ("task", "num_classes", "in_channels", "classes", "mean", "std")
+METADATA = ("task", "num_classes", "in_channels", "classes", "mean", "std", "augmentation")
 
 
 def check_limit(limit, name: str = "limit") -> int | None:

@@ -329,6 +329,7 @@ def faster_rcnn(
     backbone: str = "resnext50_32x4d",
     backbone_kwargs: dict | None = None,
     fpn: bool = False,
+    fpn_channels: int = 256,
     anchor_sizes: Sequence[float] = (32.0, 64.0, 128.0, 256.0),
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
     anchor_shapes: Sequence[Sequence[tuple[float, float]]] | None = None,
@@ -349,7 +350,7 @@ def faster_rcnn(
     number on every level (one level without ``fpn``, one per pyramid level with it), for example anchors fitted to the
     training boxes (:func:`convatlas.detection.anchors.fit_anchors`): ``anchor_shapes=fit.per_level(4)``.
     """
-    body = Backbone(_backbone_model(backbone, backbone_kwargs), fpn=fpn)
+    body = Backbone(_backbone_model(backbone, backbone_kwargs), fpn=fpn, fpn_channels=fpn_channels)
     if anchor_shapes is not None:
         levels = len(body.strides)
         if len(anchor_shapes) != levels:

@@ -105,13 +105,59 @@ def mirror_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tenso
     return x
 
 
-def _levels_of(model: nn.Module) -> int:
+def unpadded_levels(model: nn.Module) -> int | None:
+    """The levels of an unpadded U-Net (``UNet`` with ``padding="valid"`` and no encoder), ``None`` for any other
+    model (one whose output has the input's size)."""
     if getattr(model, "padding", None) != "valid" or getattr(model, "encoder", None) is not None:
+        return None
+    return len(model.feature_info)
+
+
+def unpadded_border(levels: int) -> int:
+    """The pixels an unpadded U-Net of ``levels`` levels loses on each side (92 for the paper's 5, 44 for 4)."""
+    smallest = valid_input_size(1, levels=levels)
+    return (smallest - output_size(smallest, levels=levels)) // 2
+
+
+def valid_output_size(size: int, *, levels: int = 5) -> int:
+    """The largest output side ``<= size`` an unpadded U-Net can produce (the smallest one when ``size`` is below it):
+    a training crop of that side, with :func:`unpadded_border` pixels of context around, tiles the network exactly.
+    """
+    smallest = output_size(valid_input_size(1, levels=levels), levels=levels)
+    unit = 2 ** (levels - 1)  # valid inputs, and so outputs, are a pooling unit apart
+    return smallest + max(0, (int(size) - smallest) // unit) * unit
+
+
+def _levels_of(model: nn.Module) -> int:
+    levels = unpadded_levels(model)
+    if levels is None:
         raise ValueError(
             "predict_tiled: needs an unpadded U-Net (UNet with padding='valid' and no encoder); a 'same'-padded "
             "network predicts the whole image padded to a multiple of 16 in one pass"
         )
-    return len(model.feature_info)
+    return levels
+
+
+def forward_padded(model: nn.Module, image: Tensor) -> Tensor:
+    """Class scores for every pixel of a batch in one pass of an unpadded U-Net, with gradients: the batch is mirrored
+    outward by the network's border (and to the next valid input size at the bottom and right) and the scores are
+    cut to the image.
+
+    One tile of :func:`predict_tiled` as large as the image; use it to train on images whose masks have their size.
+
+    Args:
+        model: an unpadded :class:`convatlas.models.unet.UNet`.
+        image (Tensor[N, C, H, W]): the batch.
+
+    Returns:
+        Tensor[N, K, H, W].
+    """
+    levels = _levels_of(model)
+    height, width = image.shape[-2:]
+    border = unpadded_border(levels)
+    side = valid_input_size(max(height, width, 2 ** (levels - 1)) + 2 * border, levels=levels)
+    padded = mirror_pad(image, border, side - border - height, border, side - border - width)
+    return model(padded)[..., :height, :width]
 
 
 @torch.no_grad()
@@ -179,4 +225,14 @@ def _starts(length: int, geo: TileGeometry) -> list[int]:
     return starts
 
 
-__all__ = ["TileGeometry", "mirror_pad", "predict_tiled", "tile_geometry", "valid_input_size"]
+__all__ = [
+    "TileGeometry",
+    "forward_padded",
+    "mirror_pad",
+    "predict_tiled",
+    "tile_geometry",
+    "unpadded_border",
+    "unpadded_levels",
+    "valid_input_size",
+    "valid_output_size",
+]

@@ -20,6 +20,7 @@ SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 TEXT_MODES = ("rand", "static", "non-static", "multichannel")
 EXTERNAL_PROPOSALS = ("rcnn", "fast_rcnn")  # detectors that train on selective-search proposals
+LOSSES = ("cross-entropy", "unet-weighted")  # segmentation
 
 # Fields that may differ from the saved configuration when a run is resumed. ``epochs`` extends (or shortens, down to
 # the epochs already done) the run; the cosine schedule is then recomputed for the new length. ``max_folds`` runs more
@@ -52,6 +53,8 @@ APPLIES_TO = {
     "dev_fraction": ("text",),
     "backbone": ("detection",),
     "max_proposals": ("detection",),
+    "loss": ("segmentation",),
+    "fit_anchors": ("detection",),
 }
 
 # Per-task defaults of the fields left at None ("lr" and "momentum" depend on the optimiser, below).
@@ -117,8 +120,9 @@ class TrainConfig:
         seed: seeds initialisation, data order, augmentation and the text folds.
         deterministic: ``torch.use_deterministic_algorithms`` and no cuDNN benchmarking.
         image_size: resize image inputs to this side (classification and segmentation); ``None`` keeps them.
-        augment: random horizontal flips and shifts of up to 1/14 of the side; masks and boxes move with their
-            images (``convatlas.data.transforms``).
+        augment: the data's augmentation, masks and boxes moving with their images (``convatlas.data.augment``):
+            the U-Net paper's flips, 90-degree rotations and elastic deformation for ``nuclei``, random horizontal
+            flips and shifts of up to 1/14 of the side for every other set.
         data_dir: where the data files are (default: the installed packages; detection data specs name their folder).
         limit_train: use only this many training items (sentences for text), spread evenly over the set.
         limit_test: use only this many test items (not for text, whose folds decide).
@@ -134,6 +138,12 @@ class TrainConfig:
         dev_fraction: text: the share of each training fold held out to pick the best epoch.
         backbone: detection: the zoo image model under the detector.
         max_proposals: detection: selective-search proposals per image (``rcnn`` and ``fast_rcnn`` only).
+        loss: segmentation: ``None`` or ``"cross-entropy"`` (the default), or ``"unet-weighted"``: the U-Net
+            paper's pixel weights ``w_c(x) + w0 exp(-(d1 + d2)^2 / (2 sigma^2))``, ``w0 = 10``, ``sigma = 5`` px
+            (needs data with instance labels: ``nuclei``).
+        fit_anchors: detection (``faster_rcnn``): fit this many anchor shapes to the training boxes (k-means on
+            ``1 - IoU``) instead of the sizes x ratios grid; the run reports the share of training boxes the default
+            and the fitted anchors can match.
     """
 
     model: str
@@ -175,6 +185,8 @@ class TrainConfig:
     dev_fraction: float | None = None
     backbone: str | None = None
     max_proposals: int | None = None
+    loss: str | None = None
+    fit_anchors: int | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -221,7 +233,8 @@ class TrainConfig:
         """Raise :class:`ConfigError` naming the field, the rule and the value for any setting out of range."""
         if not isinstance(self.model_args, dict):
             raise ConfigError("model_args", f"must be a dict of keywords, got {type(self.model_args).__name__}")
-        for name, allowed in (("opt", OPTIMIZERS), ("amp", AMP_MODES), ("schedule", SCHEDULES), ("mode", TEXT_MODES)):
+        for name, allowed in (("opt", OPTIMIZERS), ("amp", AMP_MODES), ("schedule", SCHEDULES), ("mode", TEXT_MODES),
+                              ("loss", LOSSES)):  # fmt: skip
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
@@ -287,6 +300,7 @@ def _range_rules(c: TrainConfig) -> list:
         ("max_folds", _integer(1), "an integer >= 1"),
         ("dev_fraction", _finite(0, low_open=True, high=0.5, high_open=True), "in (0, 0.5)"),
         ("max_proposals", _integer(1), "an integer >= 1"),
+        ("fit_anchors", _integer(1), "an integer >= 1 (anchor shapes to fit)"),
     ]
 
 
@@ -321,6 +335,12 @@ def _model_defaults(config: TrainConfig) -> None:
                                   "selective-search proposals of the unaugmented images")  # fmt: skip
         elif config.max_proposals is not None:
             raise ConfigError("max_proposals", f"applies to rcnn and fast_rcnn only; {config.model} has an RPN")
+        if config.fit_anchors is not None and config.model in EXTERNAL_PROPOSALS:
+            raise ConfigError("fit_anchors", f"applies to faster_rcnn only; {config.model} has no anchors (its "
+                              "proposals come from selective search)")  # fmt: skip
+    if config.task == "segmentation" and config.loss == "unet-weighted" and config.label_smoothing:
+        raise ConfigError("label_smoothing", "does not apply to loss 'unet-weighted' (the paper's weighted "
+                          "cross-entropy has none)")  # fmt: skip
 
 
 def quoted_fields(names) -> str:

@@ -6,6 +6,14 @@ time is counted in the reported time per image). Before every evaluation the bat
 exactly over training images (:func:`precise_batch_norm`). Evaluation reports PASCAL VOC mAP@0.5 (all-point and
 11-point), the twelve COCO statistics (pycocotools) and the time per image; the ``best`` checkpoint has the best
 VOC mAP@0.5.
+
+Small objects: on ``fashion-scenes`` (items of 21 to 49 pixels) and ``nuclei`` (nuclei of 2 to 39 pixels, most 16 to
+32), ``faster_rcnn`` defaults to a feature pyramid (P2 to P5, strides 4 to 32, 64 channels) with one anchor size per
+level, 16 to 128 pixels (:data:`SMALL_OBJECT_KWARGS`); ``--model-arg fpn=False`` gives the one stride-16 map of the
+paper. ``fit_anchors`` replaces the anchors by shapes fitted to the training boxes
+(:func:`~convatlas.detection.anchors.fit_anchors`, k-means on ``1 - IoU``), on every pyramid level, and reports the
+share of the training boxes the default and the fitted anchors can match at the RPN's positive IoU of 0.7
+(:func:`~convatlas.detection.anchors.grid_coverage`), printed and in ``metrics.jsonl`` (``kind`` ``"anchors"``).
 """
 
 from __future__ import annotations
@@ -18,21 +26,25 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from convatlas.data.augment import augment_batch, augmentation
 from convatlas.data.detection import build_detection_dataset, collate_detection
-from convatlas.data.transforms import augment_batch, flip_and_shift
+from convatlas.detection.anchors import AnchorGenerator, fit_anchors, grid_coverage
 from convatlas.detection.evaluation import coco_evaluate, voc_evaluate
 from convatlas.detection.proposals import selective_search
-from convatlas.train.checkpoint import ModelSpec, json_kwargs
+from convatlas.train.checkpoint import ModelSpec, build_model, json_kwargs
 from convatlas.train.config import EXTERNAL_PROPOSALS, ConfigError
 from convatlas.train.task import Task, model_keywords
 
-# fashion-scenes items are 21 to 49 pixels: anchors of 16 to 128 pixels and fewer proposals fit them.
-SMALL_SCENE_KWARGS = {
-    "faster_rcnn": dict(anchor_sizes=(16.0, 32.0, 64.0, 128.0), rpn_pre_nms_top_n=(600, 300),
-                        rpn_post_nms_top_n=(300, 150), batch_size_per_image=128, representation_size=256),
+# fashion-scenes items are 21 to 49 pixels, nuclei mostly 16 to 32: a feature pyramid, anchors of 16 to 128 pixels
+# (one size per level; the same sizes serve the one stride-16 map with fpn=False) and fewer proposals fit them.
+SMALL_OBJECT_KWARGS = {
+    "faster_rcnn": dict(fpn=True, fpn_channels=64, anchor_sizes=(16.0, 32.0, 64.0, 128.0),
+                        rpn_pre_nms_top_n=(600, 300), rpn_post_nms_top_n=(300, 150), batch_size_per_image=128,
+                        representation_size=256),
     "fast_rcnn": dict(representation_size=256),
     "rcnn": dict(warp_size=64, context=5),
 }  # fmt: skip
+SMALL_OBJECT_SPECS = ("fashion-scenes", "nuclei")
 PRECISE_BN_IMAGES = 200
 
 
@@ -145,12 +157,55 @@ class DetectionTask(Task):
         return [str(c) for c in self.dataset(split).classes]
 
     def model_spec(self) -> ModelSpec:
+        return self._model_spec
+
+    @functools.cached_property
+    def _model_spec(self) -> ModelSpec:
         c = self.config
         fixed = {"num_classes": self.train_set.num_classes, "backbone": c.backbone}
         if c.model in EXTERNAL_PROPOSALS:
             fixed["max_proposals"] = c.max_proposals
-        small = SMALL_SCENE_KWARGS.get(c.model, {}) if c.data.split(":")[0] == "fashion-scenes" else {}
-        return ModelSpec(c.model, json_kwargs(model_keywords(c.model, {**small, **c.model_args}, fixed)))
+        small = SMALL_OBJECT_KWARGS.get(c.model, {}) if c.data.split(":")[0] in SMALL_OBJECT_SPECS else {}
+        keywords = model_keywords(c.model, {**small, **c.model_args}, fixed)
+        if c.fit_anchors is not None:
+            if "anchor_shapes" in c.model_args:
+                raise ConfigError("fit_anchors", "and `model_args` anchor_shapes both set the anchors; give one")
+            keywords["anchor_shapes"] = self._fit(keywords)
+        return ModelSpec(c.model, json_kwargs(keywords))
+
+    def _fit(self, keywords: dict) -> list:
+        """Anchor shapes fitted to the training boxes, on every level; the report goes to :meth:`notes`."""
+        probe = build_model(ModelSpec(self.config.model, keywords))  # its default anchors and strides
+        generator, strides = probe.rpn.anchor_generator, probe.backbone.strides
+        boxes, sizes = [], []
+        for i in range(len(self.train_set)):
+            image, target = self.train_set[i]
+            boxes.append(target["boxes"])
+            sizes.append(tuple(image.shape[-2:]))
+        k = self.config.fit_anchors
+        every = torch.cat(boxes)
+        if len(every) < k:
+            raise ConfigError("fit_anchors", f"is {k}, but the training set has only {len(every)} boxes")
+        fit = fit_anchors(every, k)
+        shapes = fit.per_level(len(strides))
+        fitted = AnchorGenerator(shapes=shapes)
+        default_cover = grid_coverage(boxes, sizes, generator, strides)
+        fitted_cover = grid_coverage(boxes, sizes, fitted, strides)
+        default_count = generator.num_anchors_per_location()[0]
+        self._anchor_note = (
+            f"anchors: {k} shapes fitted to {len(every)} training boxes (mean best IoU {fit.mean_iou:.3f}); share of "
+            f"the boxes an anchor matches at IoU >= 0.7: {default_cover:.3f} with the default {default_count} per "
+            f"cell, {fitted_cover:.3f} with the fitted {k} per cell",
+            {"kind": "anchors", "k": k, "boxes": len(every), "shapes": [[round(v, 2) for v in wh]
+             for wh in fit.shapes.tolist()], "mean_iou": fit.mean_iou, "coverage_default": default_cover,
+             "coverage_fitted": fitted_cover, "iou_threshold": fit.iou_threshold},
+        )  # fmt: skip
+        return [[list(wh) for wh in level] for level in shapes]
+
+    def notes(self) -> list[tuple[str, dict | None]]:
+        self.model_spec()
+        note = getattr(self, "_anchor_note", None)
+        return [note] if note is not None else []
 
     def _proposals(self, split: str, indices: Sequence[int], images: Sequence[Tensor]) -> list[Tensor] | None:
         if self.caches is None:
@@ -167,7 +222,8 @@ class DetectionTask(Task):
                               collate_fn=collate_detection)  # fmt: skip
 
     def batches(self, indices: Sequence[Tensor], seeds: Sequence[int | None]) -> Iterator[tuple]:
-        transform = flip_and_shift(self.kind) if self.config.augment else None
+        recipe = getattr(self.train_set, "augmentation", "flip-shift")
+        transform = augmentation(recipe, self.kind) if self.config.augment else None
         for idx, (images, targets), seed in zip(indices, self._items(self.train_set, indices), seeds, strict=True):
             proposals = self._proposals("train", idx.tolist(), images)
             if transform is not None and seed is not None:

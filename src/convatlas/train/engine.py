@@ -42,7 +42,8 @@ from convatlas.train.plots import plot_curves
 from convatlas.train.runfolder import RunFolder, StopSignals, hold
 from convatlas.train.task import Task, build_task
 
-LABELS = {"miou": "mIoU", "voc_map50": "mAP@0.5", "coco_ap": "COCO mAP"}
+LABELS = {"miou": "mIoU", "voc_map50": "mAP@0.5", "coco_ap": "COCO mAP", "fg_iou": "fg IoU", "dice": "Dice",
+          "instance_f1": "instance F1"}  # fmt: skip
 
 
 class TrainingDiverged(InputError):
@@ -296,6 +297,11 @@ class _Run:
                 print(f"note: resuming a {record.progress.world_size}-process run on {self.info.world_size}; the "
                       "data order is kept")  # fmt: skip
             self.log.load(self.progress.global_step)
+        elif self.info.is_main:
+            for line, record in self.task.notes():
+                print(line)
+                if record is not None:
+                    self.log.write({**record, "global_step": 0})
         if self.config.compile:
             self.model = torch.compile(self.model)
         if self.info.distributed:

@@ -3,7 +3,18 @@
 Inputs are moved to the device, resized to ``image_size`` when set and normalised per channel there
 (:func:`prepare_inputs`); the loss is the cross-entropy over classes or pixels (mask value 255 ignored). In-memory sets
 (Fashion-MNIST, MNIST) are indexed a whole batch at a time; sets decoded per item (folders) go through a DataLoader.
-Augmentation (``augment``) is :func:`convatlas.data.transforms.flip_and_shift`, drawn per micro-batch from a seed.
+Augmentation (``augment``) is the data's recipe of :mod:`convatlas.data.augment` (its ``augmentation`` attribute,
+:func:`~convatlas.data.augment.flip_and_shift` by default), drawn per micro-batch from a seed.
+
+Segmentation as the U-Net paper does it, for the unpadded ``unet`` (``padding="valid"``, its default without an
+encoder): its output is smaller than its input by a border (92 pixels a side for five levels), so it trains on
+crops whose centre it predicts, with that much real image context around (``nuclei`` cuts its crops so, the loss
+taking the centre of the crops' maps; other data is mirrored outward, one tile as large as the image:
+:func:`~convatlas.models.tiling.forward_padded`), and is evaluated and run on whole images by the overlap-tile
+strategy (:func:`~convatlas.models.tiling.predict_tiled`), never by resizing its scores. ``loss "unet-weighted"``
+weighs each pixel by the paper's map (:func:`~convatlas.ops.unet_loss.weighted_cross_entropy`).
+Binary masks also get the foreground IoU and Dice; data with instance labels (``nuclei``) the instance F1 at IoU 0.5
+after the predicted foreground is split into connected components.
 """
 
 from __future__ import annotations
@@ -17,12 +28,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from convatlas.data import build_dataset, collate, is_text_spec
-from convatlas.data.transforms import IGNORE_INDEX, augment_batch, flip_and_shift
+from convatlas.data import build_dataset, collate, is_text_spec, spec_kind
+from convatlas.data.augment import IGNORE_INDEX, augment_batch, augmentation
 from convatlas.files import atomic_write
-from convatlas.train.checkpoint import InputSpec, ModelSpec, json_kwargs
+from convatlas.models.tiling import (
+    forward_padded,
+    mirror_pad,
+    predict_tiled,
+    unpadded_border,
+    unpadded_levels,
+    valid_output_size,
+)
+from convatlas.models.unet import center_crop
+from convatlas.ops.masks import instance_f1, label_instances
+from convatlas.ops.unet_loss import SIGMA, W0, weighted_cross_entropy
+from convatlas.train.checkpoint import InputSpec, ModelSpec, build_model, json_kwargs
 from convatlas.train.config import ConfigError
-from convatlas.train.metrics import accuracy, confusion_matrix, mean_iou
+from convatlas.train.metrics import accuracy, confusion_matrix, iou_per_class, mean_iou
 from convatlas.train.plots import plot_confusion, plot_masks
 from convatlas.train.task import Task, model_keywords
 
@@ -141,7 +163,8 @@ class ClassificationTask(Task):
         yield from DataLoader(dataset, batch_sampler=sampler, num_workers=self.config.num_workers, collate_fn=collate)
 
     def batches(self, indices: Sequence[Tensor], seeds: Sequence[int | None]) -> Iterator[tuple[Tensor, Tensor]]:
-        transform = flip_and_shift(self.kind) if self.config.augment else None
+        recipe = getattr(self.train_set, "augmentation", "flip-shift")
+        transform = augmentation(recipe, self.kind) if self.config.augment else None
         for (x, y), seed in zip(self._fetch(self.train_set, indices), seeds, strict=True):
             if transform is not None and seed is not None:
                 x, y = augment_batch(transform, self.kind, x, y, seed=seed)
@@ -181,10 +204,7 @@ class ClassificationTask(Task):
     def summarize(self, split: str, parts: list) -> dict[str, float]:
         cm = sum(p["cm"] for p in parts)
         self._cm = cm
-        metrics = {"loss": sum(p["loss"] for p in parts) / max(1, sum(p["n"] for p in parts)), "acc": accuracy(cm)}
-        if self.kind == "segmentation":
-            metrics["miou"] = mean_iou(cm)
-        return metrics
+        return {"loss": sum(p["loss"] for p in parts) / max(1, sum(p["n"] for p in parts)), "acc": accuracy(cm)}
 
     def split_classes(self, split: str) -> list[str]:
         return [str(c) for c in self.dataset(split).classes]
@@ -207,20 +227,173 @@ class ClassificationTask(Task):
             atomic_write(out / "confusion.png", lambda tmp: plot_confusion(self._cm, self.classes(), tmp, title=title))
 
 
+@torch.no_grad()
+def segment_scores(model: nn.Module, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+    """Float32 class scores for every pixel of normalised images of any size, the way each kind of network needs.
+
+    An unpadded U-Net predicts by the overlap-tile strategy (:func:`~convatlas.models.tiling.predict_tiled`); any
+    other network sees the images mirrored at the bottom and right to a multiple of 32 (so that every pooling step
+    halves evenly) in one pass, its scores cut back to the images (and upsampled first if it predicts at a lower
+    resolution).
+
+    Args:
+        model: a segmentation model in eval mode.
+        x (Tensor[N, C, H, W]): normalised images.
+        size: ``(H', W')`` to upsample the scores to (bilinear), for images that were resized; default ``(H, W)``.
+
+    Returns:
+        Tensor[N, K, H', W'].
+    """
+    height, width = x.shape[-2:]
+    if unpadded_levels(model) is not None:
+        scores = predict_tiled(model, x).float()
+    else:
+        padded = mirror_pad(x, 0, -height % 32, 0, -width % 32)
+        scores = model(padded).float()
+        if tuple(scores.shape[-2:]) != tuple(padded.shape[-2:]):
+            scores = F.interpolate(scores, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        scores = scores[..., :height, :width]
+    if size is not None and tuple(size) != (height, width):
+        scores = F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)
+    return scores
+
+
+def _maps(y) -> tuple[Tensor, dict[str, Tensor]]:
+    """A segmentation target as ``(class mask, other maps)``: a mask, or a dict with ``"mask"`` and others."""
+    if isinstance(y, dict):
+        return y["mask"], {k: v for k, v in y.items() if k != "mask"}
+    return y, {}
+
+
 class SegmentationTask(ClassificationTask):
-    """Semantic segmentation: ``fashion-scenes[:...]``, ``segfolder:IMAGES:MASKS``; pixel accuracy and mean IoU."""
+    """Semantic segmentation: ``fashion-scenes[:...]``, ``segfolder:IMAGES:MASKS``, ``nuclei[:...]``; pixel accuracy,
+    mean IoU, foreground IoU and Dice (two classes) and instance F1 (data with instance labels)."""
 
     kind = "segmentation"
     select = "test_miou"
-    shown = ("loss", "acc", "miou")
     outputs = ("masks.png",)
+
+    @property
+    def shown(self) -> tuple[str, ...]:
+        names = ("loss", "acc", "miou")
+        if len(self.classes()) == 2:
+            names += ("fg_iou", "dice")
+        if self._has_instances:
+            names += ("instance_f1",)
+        return names
+
+    @functools.cached_property
+    def levels(self) -> int | None:
+        """The levels of an unpadded U-Net (its geometry decides crops and tiling), ``None`` for other models."""
+        # The geometry does not depend on the classes or channels, which come from the data: probe on the meta device.
+        keywords = model_keywords(self.config.model, self.config.model_args, {"num_classes": 2, "in_channels": 1})
+        with torch.device("meta"):
+            return unpadded_levels(build_model(ModelSpec(self.config.model, keywords)))
+
+    @functools.cached_property
+    def _has_instances(self) -> bool:
+        target = self.test_set[0][1]
+        return isinstance(target, dict) and "instances" in target
+
+    def _split(self, split: str, limit: int | None) -> Dataset:
+        c = self.config
+        dataset = super()._split(split, limit)
+        if self.levels is not None and c.image_size is not None:
+            raise ConfigError("image_size", "does not apply to an unpadded U-Net: it sees images at their own size "
+                              "and covers large ones tile by tile (overlap-tile)")  # fmt: skip
+        if split == "train" and self.levels is not None and spec_kind(c.data) == "nuclei":
+            # Crops whose centre the network's output covers exactly, with its border of real image context around.
+            size = valid_output_size(_maps(dataset[0][1])[0].shape[-1], levels=self.levels)
+            crop = (size, unpadded_border(self.levels))
+            dataset = build_dataset(c.data, split=split, limit=limit, data_dir=c.data_dir, crop=crop)
+        if split == "train" and c.loss == "unet-weighted" and "weight" not in _maps(dataset[0][1])[1]:
+            raise ConfigError("loss", f"unet-weighted needs per-pixel weights from instance labels; {c.data} has "
+                              "none (nuclei has them)")  # fmt: skip
+        return dataset
+
+    def notes(self) -> list[tuple[str, dict | None]]:
+        found = []
+        if self.levels is not None:
+            border = unpadded_border(self.levels)
+            side = self.train_set[0][0].shape[-1]
+            how = (f"the central {side - 2 * border}x{side - 2 * border} of {side}x{side} crops ({border} px of image "
+                   "context a side)" if spec_kind(self.config.data) == "nuclei"
+                   else f"its images mirrored outward by {border} px")  # fmt: skip
+            found.append((f"unpadded {self.config.model} ({self.levels} levels): trains on {how}; evaluated tile by "
+                          "tile (overlap-tile)", None))  # fmt: skip
+        if self.config.loss == "unet-weighted":
+            found.append((f"loss: the U-Net weighted cross-entropy (w0 {W0:g}, sigma {SIGMA:g} px)", None))
+        return found
+
+    def _inputs(self, x: Tensor, y, device: torch.device):
+        spec = self._input_spec
+        x = prepare_inputs(x, mean=spec.mean, std=spec.std, image_size=spec.image_size, device=device,
+                           channels_last=self.config.channels_last)  # fmt: skip
+        if isinstance(y, dict):
+            return x, {k: resize_masks(v.to(device), spec.image_size) for k, v in y.items()}
+        return x, resize_masks(y.to(device), spec.image_size)
+
+    def train_step(self, model: nn.Module, batch, device: torch.device) -> tuple[Tensor, dict[str, float]]:
+        x, y = self._inputs(*batch, device)
+        mask, maps = _maps(y)
+        if self.levels is not None and spec_kind(self.config.data) != "nuclei":
+            logits = forward_padded(model, x)  # no context around the images: mirror them outward
+        else:
+            logits = model(x)
+        if self.levels is not None:  # the network predicts the centre of its input (nuclei crops carry context)
+            h, w = logits.shape[-2:]
+            mask, maps = center_crop(mask, h, w), {k: center_crop(v, h, w) for k, v in maps.items()}
+        if self.config.loss == "unet-weighted":
+            loss = weighted_cross_entropy(logits, mask, maps["weight"], ignore_index=IGNORE_INDEX)
+        else:
+            loss = loss_fn(logits, mask, label_smoothing=self.config.label_smoothing)
+        with torch.no_grad():
+            pred = _fit_logits(logits.detach(), mask).argmax(1)
+            valid = mask != IGNORE_INDEX
+            n, correct = int(valid.sum()), int(((pred == mask) & valid).sum())
+        return loss, {"loss": loss.item() * n, "acc": float(correct), "n": float(n)}
+
+    @torch.no_grad()
+    def eval_part(self, model: nn.Module, split: str, indices: Tensor, device: torch.device, batch_size: int):
+        k = len(self.split_classes(split))
+        cm = torch.zeros(k, k, dtype=torch.int64, device=device)
+        loss_sum, count, found = 0.0, 0, None
+        for x, y in self._fetch(self.dataset(split), list(indices.split(batch_size))):
+            x, y = self._inputs(x, y, device)
+            mask, maps = _maps(y)
+            logits = segment_scores(model, x, tuple(mask.shape[-2:]))
+            n = int((mask != IGNORE_INDEX).sum())
+            loss_sum += loss_fn(logits, mask).item() * n
+            count += n
+            pred = logits.argmax(1)
+            cm += confusion_matrix(pred, mask, k, ignore_index=IGNORE_INDEX)
+            if "instances" in maps:
+                for p, true, m in zip(pred.cpu(), maps["instances"].cpu(), mask.cpu(), strict=True):
+                    scores = instance_f1(label_instances(p), true, ignore=m == IGNORE_INDEX)
+                    found = scores if found is None else found + scores
+        return {"cm": cm.cpu(), "loss": loss_sum, "n": count, "instances": found}
+
+    def summarize(self, split: str, parts: list) -> dict[str, float]:
+        metrics = super().summarize(split, parts)
+        cm = self._cm
+        metrics["miou"] = mean_iou(cm)
+        if len(cm) == 2:  # background and one foreground class
+            tp, fp, fn = cm[1, 1].item(), cm[0, 1].item(), cm[1, 0].item()
+            metrics["fg_iou"] = float(iou_per_class(cm)[1])
+            metrics["dice"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+        scores = [p["instances"] for p in parts if p.get("instances") is not None]
+        if scores:
+            total = sum(scores[1:], scores[0])
+            metrics.update(instance_f1=total.f1, instance_precision=total.precision, instance_recall=total.recall)
+        return metrics
 
     @torch.no_grad()
     def finish(self, model: nn.Module, out: Path, device: torch.device) -> None:
         n = min(4, len(self.test_set))
-        images, masks = collate([self.test_set[i] for i in range(n)])
+        images, target = collate([self.test_set[i] for i in range(n)])
+        masks = _maps(target)[0]
         model.eval()
         x, _ = self._inputs(images, masks, device)
-        pred = _fit_logits(model(x), masks).argmax(1).cpu()
+        pred = segment_scores(model, x, tuple(masks.shape[-2:])).argmax(1).cpu()
         k = len(self.classes())
         atomic_write(out / "masks.png", lambda tmp: plot_masks(images, masks, pred, tmp, num_classes=k))

@@ -116,6 +116,11 @@ class Task:
         """The class names of an evaluation split (the training classes unless a split carries its own)."""
         return self.classes()
 
+    def notes(self) -> list[tuple[str, dict | None]]:
+        """What a new run prints before training (how the task adapted itself to the model and data), each line with
+        an optional record for ``metrics.jsonl`` (its ``kind`` names it)."""
+        return []
+
     def use_checkpoint(self, record: CheckpointRecord, split: str) -> None:
         """Prepare to evaluate a trained model on ``split``: check that the split's classes are the checkpoint's and
         take the checkpoint's input settings.
