@@ -1,37 +1,69 @@
-"""Our Faster R-CNN against torchvision's ``FasterRCNN`` with the same backbone, data, schedule and budget.
+"""Our Faster R-CNN against torchvision's ``FasterRCNN``: same backbone, anchors, data, schedule and budget, seeds.
 
-Both detectors get the same zoo backbone (``--backbone``, its C4 map, freshly initialised from the same seed), the
-same anchors (sizes x ratios), RPN and RoI sampling settings, 7x7 RoI align, two fully connected layers of the same
-width, the same input normalisation and no resizing (torchvision's transform is set to the canvas size). They train
-in one process, alternately step by step on the same batches with AdamW and the same learning-rate schedule; then
-both get exact batch-norm statistics over 200 training images and are evaluated on the same ``fashion-scenes``
-test split with our VOC mAP@0.5 and pycocotools' COCO mAP.
-Throughput is images per second for training steps and for inference (batch ``--batch-size``).
+Both detectors train in the convatlas training engine (:func:`convatlas.train.fit`): the same data in the same order,
+the same augmentation, AdamW, cosine schedule, gradient clipping, number of steps, exact batch-norm statistics before
+evaluation, and the same evaluation (VOC mAP@0.5 and pycocotools' COCO mAP). Ours is exactly what ``convatlas train
+--model faster_rcnn --data SPEC`` runs (its defaults for small objects); torchvision's model is given the engine's
+detector interface by :class:`TorchvisionDetector`.
 
-Written to run on CUDA (``--device cuda``, the intended comparison); on CPU it runs a small side-by-side.
+What "same" means (``--fpn``, the default):
 
-    .venv/bin/python benchmarks/detection.py --device cuda --train-images 4000 --epochs 12 --batch-size 16
-    .venv/bin/python benchmarks/detection.py --device cpu --train-images 200 --epochs 1 --test-images 50
+- backbone: our zoo ``mobilenet_v3_small`` (``--backbone``), randomly initialised from the run's seed, so both sides
+  start from identical backbone weights; its stages of stride 4, 8, 16 and 32. Ours puts
+  :class:`convatlas.detection.Backbone`'s pyramid on them; torchvision's side is
+  ``torchvision.models.detection.backbone_utils.BackboneWithFPN`` over the same module (``IntermediateLayerGetter``
+  on its ``features`` and ``torchvision.ops.FeaturePyramidNetwork``), without torchvision's extra max-pooled level
+  P6, so both have P2 to P5 of 64 channels;
+- anchors: one size per level, 16, 32, 64 and 128 pixels, at ratios 0.5, 1 and 2; RPN: 600 / 300 boxes per level
+  before NMS (training / testing), 300 / 150 after, NMS 0.7, 256 anchors per image, half positive; RoI heads: 128
+  RoIs per image, a quarter foreground, 7x7 RoI align with 2 samples per bin from the level FPN's rule picks, two
+  fully connected layers of 256, score threshold 0.05, NMS 0.5, 100 detections;
+- inputs: the same normalisation (ImageNet mean and std), padding to a multiple of 32, and no resizing on either
+  side (torchvision's ``GeneralizedRCNNTransform.resize`` is made the identity).
+
+What differs is each library's own: the initialisation of the heads and the pyramid, torchvision's anchors centred on
+cell corners (ours on cell centres), its ``aligned=False`` RoI align, its box coder's clamping, and so on.
+``--c4`` compares the one stride-16 map (no pyramid) instead, as ``benchmarks/gpu.py`` builds it.
+
+Prints the date, machine, load and versions, one line per run, then a table of mean and spread over the seeds with
+the ratio ours / torchvision (mAP, training CPU time, inference CPU time per image). CPU time is the process's (one
+thread with ``--threads 1``), what a run costs on an unshared core; the machine may be shared.
+
+    .venv/bin/python benchmarks/detection.py --data nuclei --seeds 0 1 2 --threads 1
+    .venv/bin/python benchmarks/detection.py --data fashion-scenes --seeds 0 1 2 --threads 1
+    .venv/bin/python benchmarks/detection.py --quick          # a few steps of each, to check the script
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
+import os
 import platform
+import statistics
+import tempfile
 import time
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-from convatlas.data.detection import ScenesDetection
 from convatlas.detection.detectors import IMAGENET_MEAN, IMAGENET_STD, Backbone
-from convatlas.detection.evaluation import coco_evaluate, voc_evaluate
+from convatlas.files import atomic_write_json, check_output_file
 from convatlas.models import create_model
+from convatlas.train import TrainConfig, fit
+from convatlas.train.checkpoint import ModelSpec
+from convatlas.train.detection import SMALL_OBJECT_KWARGS, DetectionTask
 
-ANCHOR_SIZES = (16.0, 32.0, 64.0, 128.0)
+# The data of each comparison: the spec (its training images make the budget) and the test images.
+DATA = {
+    "fashion-scenes": ("fashion-scenes:canvas=128,num_images={images}", 200),
+    "nuclei": ("nuclei:size=128,samples={images}", None),
+}
+SMALL = SMALL_OBJECT_KWARGS["faster_rcnn"]
+C4_ANCHOR_SIZES = (16.0, 32.0, 64.0, 128.0)
 RATIOS = (0.5, 1.0, 2.0)
 
 
@@ -46,155 +78,208 @@ class _TorchvisionBackbone(nn.Module):
         return OrderedDict((str(i), f) for i, f in enumerate(self.body(x)))
 
 
+def _no_extra_level():
+    from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
+
+    class NoExtraLevel(ExtraFPNBlock):
+        """Keep the pyramid at P2 to P5 (torchvision adds a max-pooled P6 by default)."""
+
+        def forward(self, results, x, names):
+            return results, names
+
+    return NoExtraLevel()
+
+
 def build_ours(args, num_classes: int) -> nn.Module:
+    """Our Faster R-CNN: with ``args.fpn`` the engine's small-object default, else the stride-16 map (C4)."""
     torch.manual_seed(args.seed)
-    return create_model("faster_rcnn", num_classes=num_classes, backbone=args.backbone, anchor_sizes=ANCHOR_SIZES,
+    if getattr(args, "fpn", False):
+        return create_model("faster_rcnn", num_classes=num_classes, backbone=args.backbone, **SMALL)
+    return create_model("faster_rcnn", num_classes=num_classes, backbone=args.backbone, anchor_sizes=C4_ANCHOR_SIZES,
                         aspect_ratios=RATIOS, representation_size=args.representation_size,
                         rpn_pre_nms_top_n=(600, 300), rpn_post_nms_top_n=(300, 150),
                         batch_size_per_image=128)  # fmt: skip
 
 
-def build_torchvision(args, num_classes: int) -> nn.Module:
+def build_torchvision(args, num_classes: int) -> tuple[nn.Module, int]:
+    """torchvision's ``FasterRCNN`` on the same backbone (see the module docstring); returns it and the finest stride.
+
+    The backbone is built first, as in ours, so the same seed gives both the same backbone weights.
+    """
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.ops import MultiScaleRoIAlign
 
     torch.manual_seed(args.seed)
-    body = Backbone(create_model(args.backbone))  # the same weights as ours: same seed, same construction order
-    backbone = _TorchvisionBackbone(body)
-    stride = body.strides[0]
-    head = TwoMLPHead(backbone.out_channels * 49, args.representation_size)
-    return FasterRCNN(
+    model = create_model(args.backbone)
+    if getattr(args, "fpn", False):
+        info = model.feature_info
+        stages = [f for f in info if 4 <= f["reduction"] <= 32]
+        if not all(f["module"].startswith("features.") for f in stages):
+            raise ValueError(f"--backbone {args.backbone}: its stages are not children of one `features` sequence")
+        return_layers = {f["module"].split(".", 1)[1]: str(k) for k, f in enumerate(stages)}
+        channels = SMALL["fpn_channels"]
+        backbone = BackboneWithFPN(model.features, return_layers, [f["num_chs"] for f in stages], channels,
+                                   extra_blocks=_no_extra_level())  # fmt: skip
+        names = [str(k) for k in range(len(stages))]
+        sizes = tuple((s,) for s in SMALL["anchor_sizes"])
+        anchors = AnchorGenerator(sizes=sizes, aspect_ratios=(RATIOS,) * len(names))
+        size, stride = SMALL["representation_size"], stages[0]["reduction"]
+    else:
+        body = Backbone(model)
+        backbone = _TorchvisionBackbone(body)
+        names, channels, size, stride = ["0"], body.out_channels, args.representation_size, body.strides[0]
+        anchors = AnchorGenerator(sizes=(C4_ANCHOR_SIZES,), aspect_ratios=(RATIOS,))
+    canvas = getattr(args, "canvas", 128)
+    detector = FasterRCNN(
         backbone,
-        box_predictor=FastRCNNPredictor(args.representation_size, num_classes + 1),
-        min_size=args.canvas,
-        max_size=args.canvas,
+        min_size=canvas,
+        max_size=canvas,
         image_mean=list(IMAGENET_MEAN),
         image_std=list(IMAGENET_STD),
-        rpn_anchor_generator=AnchorGenerator(sizes=(ANCHOR_SIZES,), aspect_ratios=(RATIOS,)),
-        box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2),
-        box_head=head,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(names, 7, 2),
+        box_head=TwoMLPHead(channels * 49, size),
+        box_predictor=FastRCNNPredictor(size, num_classes + 1),
         rpn_pre_nms_top_n_train=600,
         rpn_pre_nms_top_n_test=300,
         rpn_post_nms_top_n_train=300,
         rpn_post_nms_top_n_test=150,
         box_batch_size_per_image=128,
-    ), stride
+    )
+    detector.transform.resize = lambda image, target=None: (image, target)  # no resizing, as ours
+    return detector, stride
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+class TorchvisionDetector(nn.Module):
+    """torchvision's detector with the engine's interface: ``forward(images, targets=None, *, detect=True)`` returns
+    ``(losses, detections)``; losses in training mode with targets (torchvision gives no detections then), detections
+    in eval mode."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, targets=None, *, detect: bool = True):
+        if self.training and targets is not None:
+            return self.model(list(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]), []
+        return {}, self.model(list(images))
 
 
-@torch.no_grad()
-def precise_batch_norm(model, dataset, *, ours: bool, device, num_images: int = 200, batch_size: int = 4) -> None:
-    """Exact batch-norm statistics over training images for either detector (the zoo's MobileNets keep a BN
-    momentum of 0.01, so short runs need it; both sides get the same treatment)."""
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for start in range(0, min(num_images, len(dataset)), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, num_images, len(dataset)))]
-        images = [im.to(device) for im, _ in items]
-        targets = [{k: v.to(device) for k, v in t.items()} for _, t in items]
-        if ours:
-            model(images, targets, detect=False)
-        else:
-            model(images, targets)
-    for m, momentum in zip(layers, saved, strict=True):
-        m.momentum = momentum
+class TorchvisionTask(DetectionTask):
+    """The engine's detection task with torchvision's detector in place of ours (the record names it)."""
+
+    args: argparse.Namespace
+
+    def build_model(self) -> nn.Module:
+        return TorchvisionDetector(build_torchvision(self.args, self.train_set.num_classes)[0])
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec("torchvision.models.detection.FasterRCNN", {"backbone": self.args.backbone})
 
 
-@torch.no_grad()
-def evaluate(model, dataset, *, ours: bool, device, batch_size: int):
-    model.eval()
-    detections, targets, sizes = [], [], []
-    elapsed = 0.0
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        images = [im.to(device) for im, _ in items]
-        sync(device)
-        t = time.perf_counter()
-        out = model(images)[1] if ours else model(images)
-        sync(device)
-        elapsed += time.perf_counter() - t
-        detections += [{k: v.cpu() for k, v in d.items()} for d in out]
-        targets += [t for _, t in items]
-        sizes += [tuple(im.shape[1:]) for im, _ in items]
-    voc = voc_evaluate(detections, targets, num_classes=dataset.num_classes)["map"]
-    coco = coco_evaluate(detections, targets, num_classes=dataset.num_classes, image_sizes=sizes)
-    return voc, coco["AP"], len(dataset) / elapsed
+def run(side: str, args: argparse.Namespace, seed: int, root: Path) -> dict:
+    """Train and evaluate one side from ``seed``; the final metrics, the process CPU seconds and the wall seconds."""
+    spec, limit_test = DATA[args.data]
+    model_args = {} if args.fpn else {"fpn": False, "anchor_sizes": C4_ANCHOR_SIZES,
+                                      "representation_size": args.representation_size}  # fmt: skip
+    data = spec.format(images=args.train_images)
+    tests = limit_test if args.test_images is None else args.test_images
+    config = TrainConfig(model="faster_rcnn", data=data, out=str(root / f"{side}-{seed}"), backbone=args.backbone,
+                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, limit_test=tests,
+                         model_args=model_args, threads=args.threads, device=args.device, augment=args.augment,
+                         log_every=10**9)  # fmt: skip
+    task = None
+    if side == "torchvision":
+        task = TorchvisionTask(config.resolved())
+        task.args = argparse.Namespace(**{**vars(args), "seed": seed})
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = fit(config, task)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    final = {k.removeprefix("test_"): v for k, v in result.final.items()}
+    return {**final, "cpu_s": cpu, "wall_s": wall, "steps": result.global_step}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+def runs_folder(keep: str | None, name: str):
+    """``keep`` (the run folders stay), or a temporary folder removed afterwards."""
+    return contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix=f"convatlas-{name}-")
+
+
+def _mean_spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+
+
+def table(results: dict[str, list[dict]]) -> list[str]:
+    """Markdown rows: mean ± spread over seeds per side, and the ratio ours / torchvision."""
+    lines = ["| detector | VOC mAP@0.5 | COCO mAP | COCO AP50 | train CPU s | inference CPU ms / image |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for side, rows in results.items():
+        lines.append(f"| {side} | {_mean_spread([r['voc_map50'] for r in rows])} | "
+                     f"{_mean_spread([r['coco_ap'] for r in rows])} | {_mean_spread([r['coco_ap50'] for r in rows])} | "
+                     f"{statistics.fmean(r['cpu_s'] for r in rows):.0f} | "
+                     f"{1000 * statistics.fmean(r['cpu_seconds_per_image'] for r in rows):.1f} |")  # fmt: skip
+    if {"convatlas", "torchvision"} <= set(results):
+        ours, theirs = results["convatlas"], results["torchvision"]
+
+        def ratio(key: str) -> float:
+            return statistics.fmean(r[key] for r in ours) / statistics.fmean(r[key] for r in theirs)
+
+        keys = ("voc_map50", "coco_ap", "coco_ap50", "cpu_s", "cpu_seconds_per_image")
+        lines.append("| ratio ours / torchvision | " + " | ".join(f"{ratio(k):.2f}" for k in keys) + " |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", choices=tuple(DATA), default="fashion-scenes")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--backbone", default="mobilenet_v3_small")
-    parser.add_argument("--train-images", type=int, default=4000)
-    parser.add_argument("--test-images", type=int, default=500)
-    parser.add_argument("--canvas", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--train-images", type=int, default=6000, help="training scenes or nuclei crops")
+    parser.add_argument("--test-images", type=int, help="test scenes (default 200; nuclei: the held-out quadrant)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--representation-size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    train_set = ScenesDetection("train", num_images=args.train_images, canvas=args.canvas, seed=args.seed)
-    test_set = ScenesDetection("test", num_images=args.test_images, canvas=args.canvas, seed=args.seed)
-    ours = build_ours(args, train_set.num_classes).to(device)
-    theirs, _ = build_torchvision(args, train_set.num_classes)
-    theirs = theirs.to(device)
-    models = {"convatlas": ours, "torchvision": theirs}
-    optimizers = {k: torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=1e-4) for k, m in models.items()}
-    steps = math.ceil(len(train_set) / args.batch_size)
-    total, step = args.epochs * steps, 0
-    train_time = dict.fromkeys(models, 0.0)
-    gen = torch.Generator().manual_seed(args.seed)
-    for epoch in range(args.epochs):
-        order = torch.randperm(len(train_set), generator=gen).tolist()
-        last = {}
-        for b in range(steps):
-            items = [train_set[i] for i in order[b * args.batch_size : (b + 1) * args.batch_size]]
-            images = [im.to(device) for im, _ in items]
-            targets = [{k: v.to(device) for k, v in t.items()} for _, t in items]
-            lr = args.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            for name, model in models.items():
-                model.train()
-                for group in optimizers[name].param_groups:
-                    group["lr"] = lr
-                sync(device)
-                t = time.perf_counter()
-                losses = model(images, targets, detect=False)[0] if name == "convatlas" else model(images, targets)
-                loss = sum(losses.values())
-                optimizers[name].zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-                optimizers[name].step()
-                sync(device)
-                train_time[name] += time.perf_counter() - t
-                last[name] = loss.item()
-            step += 1
-        print(f"epoch {epoch + 1}: last batch loss " + ", ".join(f"{k} {v:.3f}" for k, v in last.items()))
-    seen = step * args.batch_size
-    gpu = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"# {time.strftime('%Y-%m-%d')}, {gpu}, torch {torch.__version__}, torchvision {torchvision.__version__}; "
-          f"{args.backbone}, fashion-scenes {args.canvas}px, {len(train_set)} train x {args.epochs} epochs, "
-          f"batch {args.batch_size}, {len(test_set)} test images")  # fmt: skip
-    print("| detector | VOC mAP@0.5 | COCO mAP | train img/s | inference img/s |")
-    print("|---|---|---|---|---|")
-    for name, model in models.items():
-        ours_model = name == "convatlas"
-        precise_batch_norm(model, train_set, ours=ours_model, device=device)
-        voc, coco, speed = evaluate(model, test_set, ours=ours_model, device=device, batch_size=args.batch_size)
-        print(f"| {name} | {voc:.4f} | {coco:.4f} | {seen / train_time[name]:.1f} | {speed:.1f} |")
+    parser.add_argument("--augment", action="store_true", help="the data's augmentation (nuclei: the U-Net paper's)")
+    parser.add_argument("--c4", dest="fpn", action="store_false", help="the stride-16 map instead of the pyramid")
+    parser.add_argument("--representation-size", type=int, default=256, help="the head's width with --c4")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--sides", default="convatlas,torchvision", help="comma-separated: convatlas, torchvision")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--quick", action="store_true", help="a few steps per side and one seed, to check the script")
+    parser.add_argument("--keep", help="keep the run folders (checkpoints, metrics.jsonl) in this folder")
+    parser.add_argument("--out", help="also write every run's metrics to this JSON file")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.train_images, args.seeds, args.test_images = 8, args.seeds[:1], 2
+    if args.out:
+        check_output_file(args.out, "--out", overwrite=args.overwrite)
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    for side in sides:
+        if side not in ("convatlas", "torchvision"):
+            parser.error(f"--sides: unknown side {side!r} (convatlas, torchvision)")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load {load:.1f}; torch {torch.__version__}, torchvision {torchvision.__version__}; {args.backbone}, "
+          f"{'FPN P2-P5' if args.fpn else 'C4'}; {args.data}: {args.train_images} training images x {args.epochs} "
+          f"epochs, batch {args.batch_size}, lr {args.lr}, augment {args.augment}, seeds {args.seeds}, "
+          f"threads {args.threads}")  # fmt: skip
+    results: dict[str, list[dict]] = {side: [] for side in sides}
+    with runs_folder(args.keep, "detection") as tmp:
+        for seed in args.seeds:
+            for side in sides:
+                r = run(side, args, seed, Path(tmp))
+                results[side].append(r)
+                print(f"  seed {seed} {side:11s} VOC mAP@0.5 {r['voc_map50']:.4f} COCO mAP {r['coco_ap']:.4f} "
+                      f"steps {r['steps']} train CPU {r['cpu_s']:.0f} s (wall {r['wall_s']:.0f} s) "
+                      f"inference {1000 * r['cpu_seconds_per_image']:.1f} CPU ms / image", flush=True)  # fmt: skip
+    print()
+    print("\n".join(table(results)))
+    if args.out:
+        atomic_write_json(args.out, {"args": vars(args), "results": results})
 
 
 if __name__ == "__main__":

@@ -122,6 +122,26 @@ def test_detect_writes_the_models_detections(coco_run, coco_dir, tmp_path):
     assert main(["detect", "--checkpoint", str(out), str(picture), "--out", str(tmp_path / "det"), "--overwrite"]) == 0
 
 
+def test_detect_proposals_and_max_detections_set_the_models_test_time_counts(coco_run, coco_dir, tmp_path):
+    """Reference: the same model with its RPN counts and detection cap set by hand, run directly."""
+    out, _ = coco_run
+    picture = coco_dir / "test" / "100.png"
+    argv = ["detect", "--checkpoint", str(out), str(picture), "--out", str(tmp_path / "det"), "--score-threshold", "0",
+            "--device", "cpu", "--proposals", "7", "--max-detections", "3"]  # fmt: skip
+    assert main(argv) == 0
+    saved = json.loads((tmp_path / "det" / "detections.json").read_text())[0]["detections"]
+    model, _ = load_model(out, device="cpu")
+    rpn = model.rpn
+    rpn.pre_nms_top_n, rpn.post_nms_top_n = (rpn.pre_nms_top_n[0], 7), (rpn.post_nms_top_n[0], 7)
+    model.roi_heads.detections_per_image = 3
+    image = torch.from_numpy(np.asarray(Image.open(picture).convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+    with torch.no_grad():
+        _, found = model([image])
+    assert len(saved) <= 3 and [d["score"] for d in saved] == [round(float(s), 4) for s in found[0]["scores"]]
+    for option in ("--proposals", "--max-detections"):
+        expect_user_error(["detect", "--checkpoint", str(out), str(picture), option, "0"], names=[option, "> 0"])
+
+
 def test_proposals_command_and_its_errors(coco_dir, tmp_path, capsys):
     picture = coco_dir / "train" / "1.png"
     assert main(["proposals", str(picture), "--out", str(tmp_path / "p.png"), "--top", "5",

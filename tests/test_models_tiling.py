@@ -95,7 +95,7 @@ def test_padded_networks_are_refused():
 
 
 def test_paper_geometry_border_and_valid_outputs():
-    assert unpadded_border(5) == 92 and 572 - 2 * 92 == output_size(572)  # the paper's 572 -> 388 tile
+    assert unpadded_border(5) == 92 and output_size(572) == 572 - 2 * 92  # the paper's 572 -> 388 tile
     assert [unpadded_border(levels) for levels in (2, 3, 4)] == [8, 20, 44]
     for levels in (3, 4, 5):
         for size in (1, 50, 116, 128, 300):

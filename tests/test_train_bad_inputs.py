@@ -321,6 +321,7 @@ ROWS = [
     ("detect-scale-zero", "detect --checkpoint {det} {image} --scale 0", "--scale"),
     ("detect-missing-image", "detect --checkpoint {det} {root}/none.png", "IMAGE|none.png"),
     ("detect-unreadable-image", "detect --checkpoint {det} {bad_image}", "IMAGE|broken.png"),
+    ("predict-overlay-for-a-classifier", "predict --checkpoint {cls} --overlay {image}", "--overlay|classification"),
     ("detect-same-picture-twice", "detect --checkpoint {det} {image} {image2} --out {new}", "--out|digit.png"),
     ("detect-missing-checkpoint", "detect --checkpoint {new} {image}", "{new}"),
     (
@@ -395,6 +396,11 @@ SCENES_ROWS = [
     ),
 ]
 SEGMENTATION_ROWS = [
+    (
+        "predict-overlay-exists",
+        "predict --checkpoint {seg} --out-dir {mask_out} --overlay {image}",
+        "--out-dir|digit.mask.png|--overwrite",
+    ),  # fmt: skip
     ("predict-mask-out-dir-is-a-file", "predict --checkpoint {seg} --out-dir {file} {image}", "--out-dir|{file}"),
     (
         "predict-mask-exists",

@@ -154,14 +154,30 @@ def test_predict_writes_the_mask_of_the_whole_image_with_the_unpadded_network(tm
     image, _ = load_nuclei()
     png = tmp_path / "nuclei.png"
     Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(png)
-    result = run_cli(["predict", "--checkpoint", str(tmp_path / "run"), "--out-dir", str(tmp_path / "pred"), str(png)])
+    argv = [
+        "predict",
+        "--checkpoint",
+        str(tmp_path / "run"),
+        "--out-dir",
+        str(tmp_path / "pred"),
+        "--overlay",
+        str(png),
+    ]
+    result = run_cli(argv)
     assert result.code == 0, result.stderr
     mask = torch.from_numpy(np.asarray(Image.open(tmp_path / "pred" / "nuclei.mask.png")).astype(np.int64))
     assert mask.shape == (512, 512)
     model, record = load_model(tmp_path / "run")
-    x = torch.from_numpy(np.asarray(Image.open(png), dtype=np.float32) / 255)[None, None]
-    x = prepare_inputs(x, mean=record.inputs.mean, std=record.inputs.std, image_size=None, device="cpu")
+    gray = np.asarray(Image.open(png), dtype=np.float32) / 255
+    x = prepare_inputs(torch.from_numpy(gray)[None, None], mean=record.inputs.mean, std=record.inputs.std,
+                       image_size=None, device="cpu")  # fmt: skip
     assert torch.equal(mask, predict_tiled(model, x).argmax(1)[0])
+    # the overlay: the image where the mask is background, tinted where it is a nucleus
+    overlay = np.asarray(Image.open(tmp_path / "pred" / "nuclei.overlay.png")).astype(np.int64)
+    background = (mask == 0).numpy()
+    assert overlay.shape == (512, 512, 3) and background.any() and (~background).any()
+    assert np.array_equal(overlay[background], np.repeat((gray[background] * 255).round()[:, None], 3, 1))
+    assert not np.array_equal(overlay[~background], np.repeat((gray[~background] * 255).round()[:, None], 3, 1))
 
 
 def test_context_crops_carry_labels_so_the_deformation_loses_none_at_the_centre():

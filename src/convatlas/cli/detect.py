@@ -58,14 +58,29 @@ def _outputs(out: Path, names: list[str], images: list[str], overwrite: bool) ->
     return pictures
 
 
-def _detections(model, record, image: Tensor, device: torch.device) -> tuple[dict[str, Tensor], float]:
+def _limit(model, record, proposals: int | None, detections: int | None) -> int:
+    """Apply ``--proposals`` and ``--max-detections`` (checked > 0) to ``model``; the cap of selective search."""
+    from convatlas.train.config import EXTERNAL_PROPOSALS
+
+    if detections is not None:
+        model.roi_heads.detections_per_image = detections
+    external = record.model.name in EXTERNAL_PROPOSALS
+    if proposals is None:
+        return record.config["max_proposals"] if external else 0
+    if not external:  # the RPN's test-time counts: per level before NMS, per image after it
+        model.rpn.pre_nms_top_n = (model.rpn.pre_nms_top_n[0], proposals)
+        model.rpn.post_nms_top_n = (model.rpn.post_nms_top_n[0], proposals)
+    return proposals
+
+
+def _detections(model, record, image: Tensor, device: torch.device, max_proposals: int) -> tuple[dict, float]:
     from convatlas.detection.proposals import selective_search
     from convatlas.train.config import EXTERNAL_PROPOSALS
 
     start = time.perf_counter()
     extra = {}
     if record.model.name in EXTERNAL_PROPOSALS:
-        extra["proposals"] = [selective_search(image, max_proposals=record.config["max_proposals"]).to(device)]
+        extra["proposals"] = [selective_search(image, max_proposals=max_proposals).to(device)]
     with torch.no_grad():
         _, found = model([image.to(device)], **extra)
     return {k: v.cpu() for k, v in found[0].items()}, time.perf_counter() - start
@@ -81,6 +96,9 @@ def _detect(args: argparse.Namespace) -> int:
     if not 0 <= args.score_threshold <= 1:
         raise InputError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     scale = _positive("--scale", args.scale)
+    for option, value in (("--proposals", args.proposals), ("--max-detections", args.max_detections)):
+        if value is not None:
+            _positive(option, value)
     device = resolve_device(args.device, "--device")
     record, path = read_record(args.checkpoint)
     if record.task != "detection":
@@ -90,9 +108,10 @@ def _detect(args: argparse.Namespace) -> int:
     read = [_read(spec) for spec in args.images]
     pictures = _outputs(out, [name for name, _ in read], args.images, args.overwrite)
     model, record = load_model(args.checkpoint, device=device)
+    max_proposals = _limit(model, record, args.proposals, args.max_detections)
     records = []
     for spec, (_, image), picture in zip(args.images, read, pictures, strict=True):
-        found, seconds = _detections(model, record, image, device)
+        found, seconds = _detections(model, record, image, device, max_proposals)
         keep = found["scores"] >= args.score_threshold
         boxes, scores, labels = found["boxes"][keep], found["scores"][keep], found["labels"][keep]
         captions = [f"{record.classes[int(c)]} {s:.2f}" for c, s in zip(labels, scores, strict=True)]
@@ -164,6 +183,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="detections", help="output folder (default: detections)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="draw and list detections above this")
     p.add_argument("--scale", type=int, default=1, help="enlarge the pictures by this factor (small scenes)")
+    p.add_argument("--proposals", type=int, help="region proposals per image (faster_rcnn: the RPN's test-time count "
+                   "per level before NMS and per image after it; rcnn, fast_rcnn: selective search's); default: the "
+                   "trained run's. Raise it for images larger than the training images")  # fmt: skip
+    p.add_argument("--max-detections", type=int, help="detections kept per image (default: the model's, 100)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace existing pictures and detections.json")
     p.set_defaults(handler=_detect)

@@ -258,29 +258,36 @@ def _predict(args) -> int:
 
     from convatlas.files import atomic_write, check_output_dir, check_output_file
     from convatlas.train.images import prepare_inputs, segment_scores
-    from convatlas.train.plots import mask_to_png
+    from convatlas.train.plots import mask_to_png, overlay_png
 
     _check_positive("--top-k", args.top_k)
     model, record = _load_image_model(args, "predict")
+    if args.overlay and record.task != "segmentation":
+        raise InputError(f"--overlay: colours a segmentation mask over its image; {args.checkpoint} is a "
+                         f"{record.task} run")  # fmt: skip
     out_dir = Path(args.out_dir)
     if record.task == "segmentation":
         check_output_dir(out_dir, "--out-dir")
         targets = [out_dir / f"{Path(name).stem}.mask.png" for name in args.images]
         _distinct(targets, args.images, "--out-dir")
-        for target in targets:
+        overlays = [out_dir / f"{Path(name).stem}.overlay.png" for name in args.images] if args.overlay else []
+        for target in targets + overlays:
             check_output_file(target, "--out-dir", overwrite=args.overwrite)
     # A segmentation network is fully convolutional: it sees each image at its own size (or at --image-size if it
     # was trained so) and gives a mask of that size; a classifier sees the training data's size.
     segment = record.task == "segmentation"
     images = [_read_image(name, record.inputs, resize=not segment) for name in args.images]
     spec = record.inputs
-    for name, (x, original) in zip(args.images, images, strict=True):
-        x = prepare_inputs(x, mean=spec.mean, std=spec.std, image_size=spec.image_size,
+    for name, (raw, original) in zip(args.images, images, strict=True):
+        x = prepare_inputs(raw, mean=spec.mean, std=spec.std, image_size=spec.image_size,
                            device=next(model.parameters()).device)  # fmt: skip
         if segment:
             mask = segment_scores(model, x, original).argmax(1)[0].cpu()
             out_dir.mkdir(parents=True, exist_ok=True)
             path = atomic_write(out_dir / f"{Path(name).stem}.mask.png", lambda tmp, m=mask: mask_to_png(m, tmp))
+            if args.overlay:
+                atomic_write(out_dir / f"{Path(name).stem}.overlay.png",
+                             lambda tmp, m=mask, im=raw[0]: overlay_png(im, m, tmp))  # fmt: skip
             counts = torch.bincount(mask.flatten(), minlength=len(record.classes))
             shares = ", ".join(f"{record.classes[c]} {counts[c] / mask.numel():.1%}"
                                for c in counts.argsort(descending=True)[:4])  # fmt: skip
@@ -428,6 +435,8 @@ def register(subparsers) -> None:
     p.add_argument("--which", choices=("best", "last"))
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--out-dir", default="predictions", help="segmentation: where the mask PNGs go")
+    p.add_argument("--overlay", action="store_true", help="segmentation: also write IMAGE.overlay.png, the classes "
+                   "coloured over the image")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace existing mask PNGs")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(handler=_predict)

@@ -104,6 +104,25 @@ def plot_masks(images: Tensor, targets: Tensor, preds: Tensor, path: str | os.Pa
     return Path(path)
 
 
+def overlay_png(image: Tensor, mask: Tensor, path: str | os.PathLike, *, alpha: float = 0.45) -> Path:
+    """Save the image with each non-background class of ``mask`` blended over it in its own colour (tab10).
+
+    Args:
+        image (Tensor[C, H, W]): in [0, 1], 1 or 3 channels.
+        mask (Tensor[H, W]): class per pixel; 0 (the background) is left uncoloured.
+    """
+    from PIL import Image
+
+    rgb = image.detach().cpu().float().clamp(0, 1)
+    rgb = rgb.expand(3, -1, -1) if rgb.shape[0] == 1 else rgb[:3]
+    colours = torch.tensor(plt.get_cmap("tab10").colors, dtype=torch.float32)  # (10, 3)
+    mask = mask.cpu().long()
+    tint = colours[(mask - 1).clamp(min=0) % len(colours)].permute(2, 0, 1)  # (3, H, W)
+    blended = torch.where(mask[None] > 0, (1 - alpha) * rgb + alpha * tint, rgb)
+    Image.fromarray((blended.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()).save(path, format="PNG")
+    return Path(path)
+
+
 def mask_to_png(mask: Tensor, path: str | os.PathLike) -> Path:
     """Save a class mask ``Tensor[H, W]`` as an 8-bit PNG whose pixel values are the class indices."""
     from PIL import Image
