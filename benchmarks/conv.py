@@ -3,7 +3,7 @@
 Prints, per case, the median time of ours and of PyTorch (forward, and forward + backward) and the ratio
 ``PyTorch time / our time`` (above 1.0 means ours is faster). Runs on CPU always and on CUDA when it is present.
 On CPU the time is this process's CPU time (``time.process_time``, one thread by default), which stays comparable
-on a machine shared with other jobs; on CUDA it is wall time between synchronisations.
+on a machine loaded by other jobs; on CUDA it is wall time between synchronisations.
 
     .venv/bin/python benchmarks/conv.py [--device all|cpu|cuda] [--threads 1] [--repeat 20] [--quick]
 

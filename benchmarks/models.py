@@ -5,7 +5,7 @@ where a converter exists), put in the same mode and memory format, and timed alt
 machine hits both alike. Reported: images per second for inference (eval, no grad) and training (forward,
 backward, SGD step), and the ratio ours / timm (above 1.0: ours is faster).
 
-GPU (the issue's setting): bf16 autocast, channels_last, batch 256, 224x224, eager and then ``torch.compile``::
+GPU (the target setting): bf16 autocast, channels_last, batch 256, 224x224, eager and then ``torch.compile``::
 
     python benchmarks/models.py --device cuda --compile
 

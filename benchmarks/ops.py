@@ -56,7 +56,7 @@ budget_ms = BUDGET_MS
 def timeit(ref: Callable[[], object], ours: Callable[[], object], repeats: int, sync: bool = False):
     """Best wall times (ms) of ``ref`` and ``ours`` over interleaved runs, after one warm-up each.
 
-    Interleaving and taking the minimum keep the ratio honest on a machine shared with other jobs: both sides see
+    Interleaving and taking the minimum keep the ratio honest on a machine loaded by other jobs: both sides see
     the same background load, and the minimum is the run least disturbed by it. Fast calls get more runs (about
     ``budget_ms`` per side, at most 300, each side counted on its own) so that a scheduler time slice does not
     decide the result.

@@ -3,7 +3,7 @@
 Run: ``python benchmarks/seqconv.py`` (CUDA when present, else CPU; ``--device cpu`` forces CPU; ``--quick`` runs
 every case at tiny sizes, a smoke run).
 
-1. Operators, same run, same inputs (the issue's GPU setting: B=32, C=1024, T=512, H=16, K=31, bf16; on CPU a
+1. Operators, same run, same inputs (the GPU target setting: B=32, C=1024, T=512, H=16, K=31, bf16; on CPU a
    smaller float32 setting):
    - ``lightweight_conv`` on each backend that can run on the device (``backend="triton"`` and ``"torch"`` on CUDA,
      ``"torch"`` on CPU; see :func:`convatlas.ops.backends`) against a grouped ``F.conv1d`` (cuDNN on CUDA)
