@@ -13,7 +13,7 @@ Python implementation, marked ``@torch.jit.ignore``, which the compiled code cal
 
 - a scripted function or model runs only in a Python process that imports convatlas, like eager code;
 - ``torch.jit.save`` of a scripted model that calls them raises ``RuntimeError: Could not export Python function
-  call '_roi_align'`` (the private name of the operator); save the ``state_dict`` instead, or export with ``torch.fx``;
+  call '_roi_align'`` (the private name of the operator); save the ``state_dict`` instead;
 - bad input inside a scripted call raises a ``RuntimeError`` whose message carries the ``ValueError``/``TypeError``
   the eager call raises (TorchScript converts exceptions); arguments of the wrong type are refused by TorchScript
   before the call (a tuple of box tensors, for instance, where eager code also takes a tuple).
