@@ -142,3 +142,22 @@ def test_existing_results_are_kept_without_overwrite(gpu, tmp_path, capsys):
     assert exc.value.code == 2
     assert "already holds gpu.md; pass --overwrite to replace them" in capsys.readouterr().err
     assert (tmp_path / "gpu.md").read_text() == "earlier results"
+
+
+def test_checks_fail_on_wrong_results(gpu):
+    import torch
+
+    x = torch.linspace(-1, 1, 50, dtype=torch.float64)
+    assert gpu.compare("same", x.float(), x, atol=1e-6, rtol=0).result == "pass"
+    wrong = gpu.compare("off by 1e-3", x + 1e-3, x, atol=1e-5, rtol=1e-5)
+    assert wrong.result == "fail" and wrong.error == pytest.approx(1e-3) and wrong.tol == pytest.approx(2e-5)
+    assert gpu.compare("shape", x[:-1], x, atol=1, rtol=1).note == "shape (49,), reference (50,)"
+    nan = x.clone()
+    nan[3] = float("nan")
+    assert gpu.compare("nan", nan, x, atol=1, rtol=1).result == "fail"
+    # an unused input has no gradient on one side and zeros on the other: the same thing
+    assert gpu.compare("grads", [None, x], [torch.zeros(3), x], atol=0, rtol=0).result == "pass"
+    assert gpu.compare("grads", [None, x], [torch.ones(3), x], atol=0, rtol=0).result == "fail"
+    assert gpu.exact("order", torch.tensor([2, 1, 0]), torch.tensor([0, 1, 2])).error == 2
+    assert gpu.exact("longer", torch.tensor([0, 1, 2]), torch.tensor([0, 1])).result == "fail"
+    assert gpu.relative_l2([2 * x], [x]) == pytest.approx(1.0)
