@@ -11,7 +11,8 @@ Sections, in this order (the checks first: they matter most when GPU time is sho
   output and input gradient, judged against timm's own bf16 error; U-Net and the text models against themselves in
   float32;
 - ``checks-detection``: Faster R-CNN on the device in float32 against the same model in float64 on the CPU:
-  detections (eval), the four losses and every parameter gradient (training step, same sampled anchors and RoIs);
+  detections (eval), the proposals, the four losses and every parameter gradient of a training step (same proposals,
+  same sampled anchors and RoIs);
 - ``ops`` (``benchmarks/ops.py``): NMS, batched NMS, RoI align and RoI pool against torchvision;
 - ``seqconv`` (``benchmarks/seqconv.py``): lightweight and dynamic convolution against grouped ``conv1d``, the
   memory floor and the unfold implementation, at the issue's bf16 setting;
@@ -33,7 +34,9 @@ sections printed.
     python benchmarks/gpu.py --out DIR               # on a machine with CUDA
     python benchmarks/gpu.py --dry-run --out DIR     # every section on the CPU at tiny sizes (CUDA-only checks skipped)
 
-``benchmarks/gpu.sh`` calls it with ``--out "$OUT"``. Speed-up = peer time / our time (above 1.0: ours is faster).
+``benchmarks/gpu.sh DIR`` calls it with ``--out DIR`` (``$OUT`` without DIR). Speed-up = peer time / our time
+(above 1.0: ours is faster). Exit status: 0 when no row failed, errored or timed out, 1 otherwise, 2 when nothing could
+run (no CUDA without ``--dry-run``, existing results without ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -1107,7 +1110,7 @@ def orchestrate(args: argparse.Namespace, worker_command: list[str]) -> int:
     try:
         for section in selected:
             left = hard_end - time.monotonic()
-            record = {"name": section.name, "budget_s": section.budget_s, "wall_s": 0.0}
+            record = {"name": section.name, "budget_s": section.budget_s, "wall_s": 0.0, "status": "not run"}
             report["sections"].append(record)
             if left < MIN_SECTION_S:
                 record["status"] = "skipped: global deadline"
@@ -1142,7 +1145,8 @@ def orchestrate(args: argparse.Namespace, worker_command: list[str]) -> int:
             write()
     except RuntimeError as err:  # the worker could not start: nothing can run
         print(f"gpu.py: {err}", file=sys.stderr)
-        note("(start)", "worker", f"error: {err}")
+        report["sections"][-1]["status"] = f"error: {err}"
+        note(report["sections"][-1]["name"], "(worker start)", f"error: {err}")
         status = 2
     finally:
         if current is not None:

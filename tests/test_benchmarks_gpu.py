@@ -135,6 +135,20 @@ def test_the_global_deadline_skips_what_no_longer_fits(gpu, tmp_path, monkeypatc
     assert report["environment"] == {}  # no worker was started
 
 
+def test_a_worker_that_cannot_start_stops_the_run_with_its_reason(gpu, tmp_path, monkeypatch):
+    worker = tmp_path / "worker.py"
+    worker.write_text('import json; print(json.dumps({"fatal": "no CUDA device is available"}), flush=True)')
+    out = tmp_path / "out"
+    out.mkdir()
+    args = argparse.Namespace(out=str(out), dry_run=False, time_limit=60.0, sections=None)
+    assert gpu.orchestrate(args, [sys.executable, str(worker)]) == 2
+    report = json.loads((out / "gpu.json").read_text())
+    assert [s["status"] for s in report["sections"]] == ["error: no CUDA device is available"]
+    assert (
+        "| checks-ops | (worker start) |  |  |  | error: no CUDA device is available |" in (out / "gpu.md").read_text()
+    )
+
+
 def test_existing_results_are_kept_without_overwrite(gpu, tmp_path, capsys):
     (tmp_path / "gpu.md").write_text("earlier results")
     with pytest.raises(SystemExit) as exc:
