@@ -77,5 +77,12 @@ demo: setup data
 	$(VENV)/bin/convatlas train $(DEMO_ARGS) --threads $(DEMO_THREADS) --out $$run && \
 	$(VENV)/bin/convatlas report $$run --out $$run/report.html > $$run/report.log
 
+# Every GPU comparison of the benchmarks and the CUDA-path checks in one run of at most 8 minutes (benchmarks/gpu.py,
+# docs/benchmarks.md): the table goes to runs/bench-<time>/gpu.md. Without a GPU, BENCH_ARGS=--dry-run runs every
+# section on the CPU at tiny sizes.
+BENCH_ARGS ?=
+bench: setup
+	bash benchmarks/gpu.sh runs/bench-$$(date +%Y%m%d-%H%M%S) $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) $(DATA) runs .pytest_cache .ruff_cache .hypothesis
