@@ -15,7 +15,7 @@ Sections, in this order (the checks first: they matter most when GPU time is sho
   same sampled anchors and RoIs);
 - ``ops`` (``benchmarks/ops.py``): NMS, batched NMS, RoI align and RoI pool against torchvision;
 - ``seqconv`` (``benchmarks/seqconv.py``): lightweight and dynamic convolution against grouped ``conv1d``, the
-  memory floor and the unfold implementation, at the issue's bf16 setting;
+  memory floor and the unfold implementation, at the bf16 GPU target setting (B=32, C=1024, T=512, H=16, K=31);
 - ``conv`` (``benchmarks/conv.py``): the reference convolution operators against ``torch.nn.functional``;
 - ``models`` (``benchmarks/models.py``): the zoo against timm, inference and training, bf16 autocast, channels_last,
   batch 256 at 224x224, eager;

@@ -65,7 +65,7 @@ def test_dry_run_goes_through_every_section_without_a_failure(tmp_path, gpu):
     assert triton and all(r["result"] in ("skipped: no CUDA", "skipped: CPU dry run") for r in triton)
     timings = [r for r in report["rows"] if r["result"] == "ok" and r["peer"] is not None]
     assert timings and all(r["speedup"] > 0 for r in timings)
-    # the comparisons, peer side by side: NMS, RoI align, lightweight/dynamic conv, Faster R-CNN, zoo vs timm
+    # the required comparisons, peer side by side: NMS, RoI align, lightweight/dynamic conv, Faster R-CNN, zoo vs timm
     compared = " ".join(r["case"] for r in timings)
     for word in ("nms", "roi_align", "lightweight_conv", "dynamic_conv", "faster_rcnn training", "eager train"):
         assert word in compared, word
