@@ -190,7 +190,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
 
 def settings(device: torch.device, quick: bool) -> tuple[torch.dtype, dict, list[int], int]:
-    """``(dtype, operator shape, model sequence lengths, tokens per model batch)`` for ``device``: the issue's bf16
+    """``(dtype, operator shape, model sequence lengths, tokens per model batch)`` for ``device``: the bf16 target
     setting on CUDA, a smaller float32 one on CPU, tiny sizes when ``quick``."""
     if device.type == "cuda":
         dtype, shape, budget = torch.bfloat16, dict(b=32, c=1024, t=512, h=16, k=31), 65536
