@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from convatlas.data import Subset
 from convatlas.data.text import GLOVE_DIM, KIM_VECTOR_STD, TextDataset, Vocabulary, encode, load_glove, load_text
+from convatlas.errors import InputTypeError
 from convatlas.files import atomic_write_json
 from convatlas.train import distributed as dist_utils
 from convatlas.train.checkpoint import CheckpointError, ModelSpec, build_model, json_kwargs
@@ -283,6 +284,8 @@ def cross_validate(config: TrainConfig, *, resume: bool = False, overwrite: bool
     """
     from convatlas.train.engine import fit
 
+    if not isinstance(config, TrainConfig):
+        raise InputTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     config = config.resolved()
     if config.task != "text":
         raise ConfigError("model", f"{config.model} is a {config.task} model; cross-validation is for text runs")
