@@ -264,8 +264,15 @@ class FasterRCNN(TwoStageDetector):
 
 
 def _backbone_model(name: str, kwargs: dict | None) -> nn.Module:
+    try:
+        model_info(name)
+    except ValueError as err:
+        raise ValueError(f"backbone {name!r}: {err}") from None
     if model_info(name).task not in ("classification",):
         raise ValueError(f"backbone {name!r} is a {model_info(name).task} model; use an image classifier of the zoo")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise InputTypeError(f"backbone_kwargs must be a dict of keywords for {name}, got {type(kwargs).__name__} "
+                             f"{kwargs!r}")  # fmt: skip
     model = create_model(name, **(kwargs or {}))
     if not getattr(model, "feature_info", None):
         raise ValueError(f"backbone {name!r} declares no feature_info")

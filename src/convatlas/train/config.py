@@ -353,7 +353,7 @@ def _model_defaults(config: TrainConfig) -> None:
             config.weight_decay = TEXT_ADAMW_WEIGHT_DECAY if config.opt == "adamw" else 0.0
     if config.task == "detection":
         if config.model in EXTERNAL_PROPOSALS:
-            config.max_proposals = config.max_proposals or DEFAULT_MAX_PROPOSALS
+            config.max_proposals = DEFAULT_MAX_PROPOSALS if config.max_proposals is None else config.max_proposals
             if config.augment:
                 raise ConfigError("augment", f"does not apply to {config.model}, which trains on the cached "
                                   "selective-search proposals of the unaugmented images")  # fmt: skip
