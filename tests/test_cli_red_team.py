@@ -35,6 +35,7 @@ from tiny_runs import HAVE_FASHION_MNIST, blocks_coco, separable_tsv, tiny_confi
 
 BIG = "1" + "0" * 30  # 10**30
 CLS = "--model mobilenet_v2 --model-arg width_mult=0.35 --data mnist5k --limit-train 32 --limit-test 16"
+SMALL = "--model mobilenet_v3_small --data mnist5k --limit-train 32 --limit-test 16 --batch-size 16"  # no --model-arg
 
 
 def _png_bomb(path: Path, side: int = 100_000) -> None:
@@ -372,6 +373,38 @@ ROWS = {
         f"train {CLS} --batch-size 16 --accum-steps 16 --out {{t}}/r",
         "--batch-size 16|--accum-steps 16|one image at a time",
     ),
+    "rcnn-zero-proposals": (
+        "train --model rcnn --data coco:{w}/coco --batch-size 2 --max-proposals 0 --out {t}/r",
+        "--max-proposals|>= 1|got 0",
+    ),
+    "detection-backbone-empty": (
+        'train --model faster_rcnn --data coco:{w}/coco --backbone "" --out {t}/r',
+        "--backbone ''|unknown model",
+    ),
+    "detection-backbone-typo": (
+        "train --model faster_rcnn --data coco:{w}/coco --backbone resnxt --out {t}/r",
+        "--backbone 'resnxt'|resnext50_32x4d",
+    ),
+    "detection-backbone-text-model": (
+        "train --model faster_rcnn --data coco:{w}/coco --backbone kim_cnn --out {t}/r",
+        "--backbone 'kim_cnn'|text model",
+    ),
+    "detection-backbone-kwargs-text": (
+        "train --model faster_rcnn --data coco:{w}/coco --batch-size 2 --model-arg backbone_kwargs=x --out {t}/r",
+        "backbone_kwargs|dict|str 'x'",
+    ),
+    "model-arg-width-nan": (f"train {SMALL} --model-arg width_mult=nan --out {{t}}/r", "--model-arg|width_mult='nan'"),
+    "model-arg-width-huge": (f"train {SMALL} --model-arg width_mult=1e30 --out {{t}}/r", "width_mult|<= 16|1e+30"),
+    "model-arg-code": (
+        f"train {SMALL} --model-arg \"drop_rate=__import__('os').getcwd()\" --out {{t}}/r",
+        "--model-arg|drop_rate|a number",
+    ),
+    "model-arg-bool-for-number": (f"train {SMALL} --model-arg drop_rate=True --out {{t}}/r", "drop_rate=True|a number"),
+    "model-arg-tuple-for-number": (f'train {SMALL} --model-arg "drop_rate=(0.1,)" --out {{t}}/r', "drop_rate"),
+    "model-arg-empty-key": (f"train {CLS} --model-arg =0.5 --out {{t}}/r", "--model-arg|key=value"),
+    "model-arg-key-with-space": (f'train {CLS} --model-arg "drop rate=0.5" --out {{t}}/r', "--model-arg|key=value"),
+    "text-folds-huge": (f"train --model kim_cnn --data tsv:{{w}}/sep.tsv --folds {BIG} --out {{t}}/r", "--folds|60"),
+    "text-max-folds-zero": ("train --model kim_cnn --data tsv:{w}/sep.tsv --max-folds 0 --out {t}/r", "--max-folds"),
     "resume-with-a-model-of-another-task": (
         "train --resume --out {w}/cls --model unet",
         "--task classification|--model unet|segmentation model",
@@ -498,6 +531,44 @@ def test_training_with_an_evaluation_batch_larger_than_the_split_runs(tmp_path):
     result = run_cli(argv)
     assert result.code == 0, result.stderr
     assert "test accuracy" in result.stdout
+
+
+def test_ctrl_c_stops_the_program_with_a_checkpoint_and_resume_refuses_a_changed_option(tmp_path):
+    """The real program in a subprocess: SIGINT during training writes a checkpoint and exits 130 with the command
+    that continues; a second run into the live folder is refused meanwhile; resuming with another --lr is refused
+    without touching the run, and a plain resume finishes it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "convatlas", "train", *shlex.split(CLS.replace("32", "480")), "--batch-size", "16",
+            "--epochs", "2", "--threads", "1", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        first = proc.stdout.readline()  # the first epoch's line: the run is alive and holds its folder
+        assert first.startswith("epoch 1/2"), first + proc.stderr.read()
+        for _ in range(600):  # the line comes just before the epoch's checkpoint
+            if (out / "last.json").exists():
+                break
+            time.sleep(0.05)
+        expect_user_error(
+            ["train", "--resume", "--out", str(out)], names=["--out", f"another process (pid {proc.pid})"]
+        )
+        assert (out / ".convatlas.lock").read_text().strip() == str(proc.pid)  # the live run still owns its folder
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived (a very fast machine)")
+    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in stderr, stderr
+    assert f"continue with --resume --out {out}" in stdout
+    with unchanged(out):
+        changed = ["train", "--resume", "--out", str(out), "--lr", "0.5"]
+        expect_user_error(changed, names=["--lr is 0.5", "trained with 0.1"])
+    resumed = run_cli(["train", "--resume", "--out", str(out), "--threads", "1"])
+    assert resumed.code == 0, resumed.stderr
+    assert "test accuracy" in resumed.stdout
 
 
 # --- the Python API behind the commands ------------------------------------------------------------------------------
