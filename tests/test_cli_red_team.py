@@ -405,6 +405,19 @@ ROWS = {
     "model-arg-key-with-space": (f'train {CLS} --model-arg "drop rate=0.5" --out {{t}}/r', "--model-arg|key=value"),
     "text-folds-huge": (f"train --model kim_cnn --data tsv:{{w}}/sep.tsv --folds {BIG} --out {{t}}/r", "--folds|60"),
     "text-max-folds-zero": ("train --model kim_cnn --data tsv:{w}/sep.tsv --max-folds 0 --out {t}/r", "--max-folds"),
+    "workers-for-in-memory-data": (f"train {SMALL} --num-workers 2 --out {{t}}/r", "--num-workers|mnist5k|memory"),
+    "data-dir-for-an-image-folder": (
+        "train --model mobilenet_v3_small --data imagefolder:{w}/data/if_two --data-dir {w} --out {t}/r",
+        "--data-dir|imagefolder:|names its own files",
+    ),
+    "data-dir-for-a-segmentation-folder": (
+        "train --model unet --data segfolder:{w}/data/seg_small/im:{w}/data/seg_small/mk --data-dir {w} --out {t}/r",
+        "--data-dir|segfolder:",
+    ),
+    "data-dir-for-a-tsv-file": (
+        "train --model kim_cnn --data tsv:{w}/sep.tsv --data-dir {w} --out {t}/r",
+        "--data-dir|tsv:",
+    ),
     "resume-with-a-model-of-another-task": (
         "train --resume --out {w}/cls --model unet",
         "--task classification|--model unet|segmentation model",
@@ -480,6 +493,11 @@ RUNS = {
     "report-new-folder": ("report mobilenet_v3_small --input 3x32x32 --erf-samples 0 --out {t}/a/r.html", "wrote"),
     "report-run-folder": ("report {w}/cls --erf-samples 1 --seed 3 --out {t}/r.html", "MobileNetV2"),
     "summary-user-model": ("summary zz_redteam:conv --input 3x8x8", "Total params: 112"),
+    "train-image-folder-with-workers": (
+        "train --model mobilenet_v3_small --data imagefolder:{w}/data/if_two --image-size 16 --batch-size 2 "
+        "--num-workers 1 --epochs 1 --threads 1 --out {t}/r",
+        "test accuracy",
+    ),
     "train-unet-one-image-per-step": (
         'train --model unet --model-arg "widths=(4,8)" --model-arg padding=same --data '
         "segfolder:{w}/data/seg_small/im:{w}/data/seg_small/mk --batch-size 1 --epochs 1 --threads 1 --out {t}/r",

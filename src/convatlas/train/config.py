@@ -80,6 +80,8 @@ MAX_IMAGE_SIZE = 4096
 BOOL_FIELDS = ("channels_last", "compile", "deterministic", "augment")
 # Data specs that name folders of the user's data: a run folder may not lie in them.
 FOLDER_SPECS = ("imagefolder", "segfolder", "coco", "voc")
+# Data specs that name their own files, so `data_dir` (where the installed sets are) has nothing to find for them.
+NAMED_SPECS = (*FOLDER_SPECS, "tsv")
 
 
 class ConfigError(InputError):
@@ -263,6 +265,9 @@ class TrainConfig:
         if not isinstance(self.device, str) or not _device_form(self.device):
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         _refuse_out_in_data(self)
+        kind = self.data.partition(":")[0] if isinstance(self.data, str) else ""
+        if self.data_dir is not None and kind in NAMED_SPECS:
+            raise ConfigError("data_dir", f"does not apply to `data` {self.data}, which names its own files")
         return self
 
     def differences(self, other: TrainConfig) -> list[str]:

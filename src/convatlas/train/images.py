@@ -101,6 +101,9 @@ class ClassificationTask(Task):
         dataset = build_dataset(c.data, split=split, limit=limit, data_dir=c.data_dir)
         if dataset.task != self.kind:
             raise ConfigError("data", f"{c.data} is a {dataset.task} set, but {c.model} is a {self.kind} model")
+        if split == "train" and c.num_workers and hasattr(dataset, "get_batch"):
+            raise ConfigError("num_workers", f"does not apply to `data` {c.data}: it is held in memory and read a "
+                              "whole batch at a time, without a DataLoader")  # fmt: skip
         if split == "train" and dataset.num_classes < 2:
             names = ", ".join(map(str, dataset.classes))
             raise ConfigError("data", f"{c.data} has {dataset.num_classes} class ({names}); a {self.kind} run needs "
