@@ -418,6 +418,24 @@ ROWS = {
         "train --model kim_cnn --data tsv:{w}/sep.tsv --data-dir {w} --out {t}/r",
         "--data-dir|tsv:",
     ),
+    # --overwrite replaces a run only once the new one has passed every check: a refused run loses nothing
+    "overwrite-text-run-with-a-batch-too-large": (
+        "train --model kim_cnn --mode rand --data tsv:{w}/sep.tsv --folds 3 --batch-size 40 --overwrite --out {w}/cv",
+        "--batch-size 40|36 items",
+    ),
+    "overwrite-text-run-with-a-keyword-typo": (
+        "train --model kim_cnn --mode rand --data tsv:{w}/sep.tsv --folds 3 --batch-size 10 --model-arg mapz=3 "
+        "--overwrite --out {w}/cv",
+        "--model-arg mapz|maps",
+    ),
+    "overwrite-image-run-with-a-keyword-typo": (
+        f"train {SMALL} --model-arg widht_mult=0.5 --overwrite --out {{w}}/cls",
+        "--model-arg widht_mult|width_mult",
+    ),
+    "overwrite-detection-run-with-a-batch-too-large": (
+        "train --model faster_rcnn --data coco:{w}/coco --limit-train 2 --batch-size 4 --overwrite --out {w}/det",
+        "--batch-size 4|(2 items)",
+    ),
     "resume-with-a-model-of-another-task": (
         "train --resume --out {w}/cls --model unet",
         "--task classification|--model unet|segmentation model",

@@ -152,6 +152,17 @@ def fit(config: TrainConfig, task: Task | None = None, *, resume: bool = False, 
             dist_utils.cleanup(info)
 
 
+def check_run(config: TrainConfig, task: Task, info: dist_utils.DistInfo) -> None:
+    """Everything :func:`fit` checks before it trains (the sizes of the splits and batches, the model and its
+    keywords), without writing anything: a caller that runs several fits (the folds of a cross-validation) checks them
+    all before it takes or clears its folder.
+
+    Args:
+        config: a resolved configuration.
+    """
+    _Run(config, task, info)
+
+
 def _saved_run(config: TrainConfig) -> tuple[dict[str, Tensor], CheckpointRecord]:
     """The checkpoint to resume, after checking that ``config`` may continue it."""
     tensors, record = ckpt.load_checkpoint(config.out, "last")

@@ -282,7 +282,7 @@ def cross_validate(config: TrainConfig, *, resume: bool = False, overwrite: bool
         ConfigError: for bad settings, more folds than sentences, a run folder that is taken, or (on resume) a field
             that differs from the saved configuration outside :data:`CHANGEABLE_ON_RESUME`.
     """
-    from convatlas.train.engine import fit
+    from convatlas.train.engine import check_run, fit
 
     if not isinstance(config, TrainConfig):
         raise InputTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -296,11 +296,15 @@ def cross_validate(config: TrainConfig, *, resume: bool = False, overwrite: bool
     data = TextData.load(config)
     info = dist_utils.setup(config.device)
     try:
+        folds = range(1, (config.max_folds or config.folds) + 1)
+        for fold in folds:  # every fold is checked before the folder is taken (and, with `overwrite`, cleared)
+            fold_config = dataclasses.replace(config, out=str(Path(config.out) / f"fold-{fold:02d}"))
+            check_run(fold_config, TextTask(fold_config, data, fold), info)
         with hold(root, info, resume=resume, overwrite=overwrite):
             result = CVResult(config.to_dict(), list(data.dataset.classes), [], len(data.dataset), data.vocab_size,
                               data.glove_coverage)  # fmt: skip
             _write(result, root.path, info)
-            for fold in range(1, (config.max_folds or config.folds) + 1):
+            for fold in folds:
                 result.folds.append(_run_fold(fit, config, data, fold, log, info))
                 _write(result, root.path, info)
             return result
