@@ -16,7 +16,9 @@ is the workspace and ``{t}`` a fresh folder of the test; names (separated by ``|
 
 from __future__ import annotations
 
+import json
 import shlex
+import shutil
 import struct
 import sys
 import zlib
@@ -71,6 +73,25 @@ def ws(tmp_path_factory):
     w.seg = root / "seg"
     if HAVE_FASHION_MNIST:
         fit(tiny_config("segmentation", w.seg, epochs=1, deterministic=False))
+    records = {  # hand-edited or damaged checkpoint records (the tensors are intact)
+        "few_classes": lambda r: r.update(classes=["a", "b", "c"]),
+        "no_classes": lambda r: r.update(classes=[]),
+        "task_unknown": lambda r: r.update(task="ocr"),
+        "inputs_none": lambda r: r.update(inputs=None),
+        "std_zero": lambda r: r["inputs"].update(std=[0.0]),
+        "mean_missing": lambda r: r["inputs"].update(mean=[]),
+        "size_negative": lambda r: r["inputs"].update(data_size=[-1, 28]),
+        "config_extra_field": lambda r: r["config"].update(foo=1),
+        "model_unknown": lambda r: r["model"].update(name="nope"),
+        "progress_negative": lambda r: r["progress"].update(epoch=-5),
+    }
+    for name, edit in records.items():
+        folder = root / "records" / name
+        shutil.copytree(w.cls, folder, ignore=shutil.ignore_patterns(".convatlas.lock"))
+        for tag in ("last", "best"):
+            record = json.loads((folder / f"{tag}.json").read_text())
+            edit(record)
+            (folder / f"{tag}.json").write_text(json.dumps(record))
     images = root / "imgs"
     _png(root / "digit.png", (28, 28))
     _png(images / "one.png", (1, 1))
@@ -342,6 +363,35 @@ ROWS = {
     "report-cross-validation-root": ("report {w}/cv --erf-samples 0 --out {t}/r.html", "{w}/cv|fold-NN"),
     "report-text-fold-without-input": ("report {w}/cv/fold-01 --erf-samples 0 --out {t}/r.html", "--input"),
     "summary-run-folder": ("summary {w}/cls", "unknown model"),
+    "record-fewer-classes-than-outputs": (
+        "predict --checkpoint {w}/records/few_classes {w}/digit.png",
+        "{w}/records/few_classes/best.json|'classes'|3 classes|10 outputs",
+    ),
+    "record-without-classes": ("evaluate --checkpoint {w}/records/no_classes", "no_classes/best.json|'classes'"),
+    "record-of-an-unknown-task": ("evaluate --checkpoint {w}/records/task_unknown", "'task'|'ocr'"),
+    "record-without-inputs": ("export --checkpoint {w}/records/inputs_none --onnx {t}/a.onnx", "'inputs'|required"),
+    "record-with-zero-std": ("predict --checkpoint {w}/records/std_zero {w}/digit.png", "'inputs'|std=[0.0]"),
+    "record-without-mean": ("predict --checkpoint {w}/records/mean_missing {w}/digit.png", "'inputs'|mean=[]"),
+    "record-with-negative-size": (
+        "report {w}/records/size_negative --erf-samples 0 --out {t}/r.html",
+        "'inputs'|data_size [-1, 28]",
+    ),
+    "record-config-of-another-version": (
+        "evaluate --checkpoint {w}/records/config_extra_field",
+        "config_extra_field/best.json|'config'|foo",
+    ),
+    "record-config-on-resume": (
+        "train --resume --out {w}/records/config_extra_field",
+        "config_extra_field/last.json|foo",
+    ),
+    "record-of-an-unknown-model": (
+        "predict --checkpoint {w}/records/model_unknown {w}/digit.png",
+        "model_unknown/best.json|cannot be built|'nope'",
+    ),
+    "record-with-negative-progress": (
+        "train --resume --out {w}/records/progress_negative",
+        "progress_negative/last.json|'progress'",
+    ),
     # data the model cannot take, and data of one class
     "train-image-folder-one-class": (
         "train --model mobilenet_v3_small --data imagefolder:{w}/data/if_one --image-size 16 --out {t}/r",
