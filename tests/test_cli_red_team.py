@@ -17,6 +17,7 @@ is the workspace and ``{t}`` a fresh folder of the test; names (separated by ``|
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import struct
@@ -92,6 +93,8 @@ def ws(tmp_path_factory):
             record = json.loads((folder / f"{tag}.json").read_text())
             edit(record)
             (folder / f"{tag}.json").write_text(json.dumps(record))
+    for name in ("pipe", "pipe.svg", "pipe.png"):  # named pipes: replacing one with a file would break its readers
+        os.mkfifo(root / name)
     images = root / "imgs"
     _png(root / "digit.png", (28, 28))
     _png(images / "one.png", (1, 1))
@@ -290,6 +293,15 @@ ROWS = {
     "detect-picture-over-curves": (
         "detect --checkpoint {w}/det {w}/cls/curves.png --out {w}/cls --overwrite",
         "--out|curves.png|training run",
+    ),
+    "evaluate-json-over-a-pipe": (
+        "evaluate --checkpoint {w}/cls --json {w}/pipe --overwrite",
+        "--json|pipe|not a regular file",
+    ),
+    "draw-over-a-pipe": ("draw conv --input 4x4 --out {w}/pipe.svg --overwrite", "--out|pipe.svg|not a regular file"),
+    "rf-plot-over-a-pipe": (
+        "rf mobilenet_v3_small --input 3x32x32 --plot {w}/pipe.png --overwrite --samples 1",
+        "--plot|pipe.png",
     ),
     "draw-over-curves": ("draw conv --input 4x4 --out {w}/cls/curves.png --overwrite", "--out|training run"),
     "rf-plot-over-confusion": (
@@ -623,7 +635,6 @@ def test_ctrl_c_stops_the_program_with_a_checkpoint_and_resume_refuses_a_changed
     """The real program in a subprocess: SIGINT during training writes a checkpoint and exits 130 with the command
     that continues; a second run into the live folder is refused meanwhile; resuming with another --lr is refused
     without touching the run, and a plain resume finishes it."""
-    import os
     import signal
     import subprocess
     import time

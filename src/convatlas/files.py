@@ -172,8 +172,9 @@ def check_output_file(path: str | os.PathLike, option: str, *, overwrite: bool =
     Raises:
         ValueError: the name is empty, too long or loops through symbolic links.
         IsADirectoryError: ``path`` is a folder.
-        FileExistsError: ``path`` exists and ``overwrite`` is false, or it names a file of the training run in its
-            folder (:func:`is_run_file`; whatever ``overwrite`` says).
+        FileExistsError: ``path`` exists and ``overwrite`` is false, or it is not a regular file (a device, a pipe),
+            or it names a file of the training run in its folder (:func:`is_run_file`); the last two whatever
+            ``overwrite`` says.
         NotADirectoryError, PermissionError: its folder cannot hold it.
     """
     path = _check_name(path, option)
@@ -181,6 +182,9 @@ def check_output_file(path: str | os.PathLike, option: str, *, overwrite: bool =
         raise IsADirectoryError(f"{option} {path}: is a folder; give a file name")
     if str(path).endswith(os.sep) or path.name in ("", ".", ".."):
         raise IsADirectoryError(f"{option} {path}: names a folder; give a file name")
+    if path.exists() and not path.is_file():  # replacing /dev/null or a pipe with a file would break its readers
+        raise FileExistsError(f"{option} {path}: exists and is not a regular file (a device, pipe or socket); pick "
+                              "another name")  # fmt: skip
     if is_run_file(path.name) and holds_run(path.parent):
         raise FileExistsError(f"{option} {path}: a file of the training run in {path.parent}, which only training "
                               "writes (even with --overwrite); pick another name")  # fmt: skip
