@@ -298,6 +298,7 @@ ROWS = {
         "evaluate --checkpoint {w}/cls --json {w}/pipe --overwrite",
         "--json|pipe|not a regular file",
     ),
+    "tsv-is-a-pipe": ("train --model kim_cnn --data tsv:{w}/pipe --out {t}/r", "tsv file|pipe|not a regular file"),
     "draw-over-a-pipe": ("draw conv --input 4x4 --out {w}/pipe.svg --overwrite", "--out|pipe.svg|not a regular file"),
     "rf-plot-over-a-pipe": (
         "rf mobilenet_v3_small --input 3x32x32 --plot {w}/pipe.png --overwrite --samples 1",
