@@ -112,6 +112,14 @@ def ws(tmp_path_factory):
     for i in range(4):
         _png(data / "if_one" / "a" / f"{i}.png")
         _png(data / "if_two" / ("a" if i % 2 else "b") / f"{i}.png", value=60 * i)
+    for i in range(2):  # odd trees: images one level too deep, a class of text files, a class that links to the root
+        _png(data / "if_nested" / "a" / "deeper" / f"{i}.png")
+        _png(data / "if_nested" / "b" / f"{i}.png")
+        _png(data / "if_text_class" / "a" / f"{i}.png")
+        _png(data / "if_loop" / "a" / f"{i}.png")
+    (data / "if_text_class" / "b").mkdir()
+    (data / "if_text_class" / "b" / "notes.txt").write_text("not an image")
+    (data / "if_loop" / "b").symlink_to(data / "if_loop")
     for name in ("a", "b"):  # 8x8 images: too small for the default U-Net (four 2x2 poolings, valid convolutions)
         _png(data / "seg_small" / "im" / f"{name}.png", channels=3)
         _png(data / "seg_small" / "mk" / f"{name}.png", value=1 if name == "b" else 0)
@@ -409,6 +417,18 @@ ROWS = {
     "train-image-folder-one-class": (
         "train --model mobilenet_v3_small --data imagefolder:{w}/data/if_one --image-size 16 --out {t}/r",
         "--data|1 class (a)|at least 2",
+    ),
+    "train-image-folder-nested-class": (
+        "train --model mobilenet_v3_small --data imagefolder:{w}/data/if_nested --out {t}/r",
+        "if_nested/a|holds no image",
+    ),
+    "train-image-folder-class-of-text": (
+        "train --model mobilenet_v3_small --data imagefolder:{w}/data/if_text_class --out {t}/r",
+        "if_text_class/b|holds no image",
+    ),
+    "train-image-folder-class-linking-to-root": (
+        "train --model mobilenet_v3_small --data imagefolder:{w}/data/if_loop --out {t}/r",
+        "if_loop/b|holds no image",
     ),
     "train-segmentation-one-class": (
         "train --model unet --data segfolder:{w}/data/seg_one_class/im:{w}/data/seg_one_class/mk --out {t}/r",
