@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from convatlas.errors import InputTypeError
 from convatlas.ops.backend import resolve
 from convatlas.ops.kernels import nms as _nms_kernels
 from convatlas.ops.tracing import fx_leaf
@@ -49,7 +50,7 @@ DEFAULT_BBOX_CLIP = math.log(1000.0 / 16)
 
 def _check_boxes(boxes: Tensor, name: str = "boxes", batched: bool = False) -> None:
     if not isinstance(boxes, Tensor):
-        raise TypeError(f"{name} must be a Tensor, got {type(boxes).__name__}")
+        raise InputTypeError(f"{name} must be a Tensor, got {type(boxes).__name__}")
     if batched:
         if boxes.dim() < 1 or boxes.shape[-1] != 4:
             raise ValueError(f"{name} must have shape [..., 4], got {tuple(boxes.shape)}")
@@ -326,6 +327,7 @@ def encode_boxes(
 def _encode_boxes(boxes: Tensor, proposals: Tensor, weights: tuple[float, float, float, float]) -> Tensor:
     _check_boxes(boxes, batched=True)
     _check_boxes(proposals, "proposals", batched=True)
+    _check_broadcast(boxes, proposals, "boxes")
     wx, wy, ww, wh = _check_weights(weights)
     gx, gy, gw, gh = _centre_size(_float(boxes))
     px, py, pw, ph = _centre_size(_float(proposals))
@@ -364,6 +366,7 @@ def _decode_boxes(
 ) -> Tensor:
     _check_boxes(deltas, "deltas", batched=True)
     _check_boxes(proposals, "proposals", batched=True)
+    _check_broadcast(deltas, proposals, "deltas")
     wx, wy, ww, wh = _check_weights(weights)
     px, py, pw, ph = _centre_size(_float(proposals))
     deltas = _float(deltas)
@@ -375,18 +378,28 @@ def _decode_boxes(
     return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=-1)
 
 
+def _check_broadcast(a: Tensor, proposals: Tensor, name: str) -> None:
+    try:
+        torch.broadcast_shapes(a.shape, proposals.shape)
+    except RuntimeError:
+        raise ValueError(f"{name} {tuple(a.shape)} and proposals {tuple(proposals.shape)} must have the same shape "
+                         "(or broadcast)") from None  # fmt: skip
+
+
 def _check_nms_inputs(boxes: Tensor, scores: Tensor, iou_threshold: float) -> None:
     _check_boxes(boxes)
     if not isinstance(scores, Tensor):
-        raise TypeError(f"scores must be a Tensor, got {type(scores).__name__}")
+        raise InputTypeError(f"scores must be a Tensor, got {type(scores).__name__}")
     if scores.dim() != 1 or len(scores) != len(boxes):
         raise ValueError(f"scores must have shape [N] with N = len(boxes) = {len(boxes)}, got {tuple(scores.shape)}")
     if not boxes.is_floating_point():
-        raise TypeError(f"boxes must be floating point for NMS, got {boxes.dtype}")
+        raise InputTypeError(f"boxes must be floating point for NMS, got {boxes.dtype}")
     if scores.device != boxes.device:
         raise ValueError(f"scores are on {scores.device} but boxes on {boxes.device}")
     if not isinstance(iou_threshold, numbers.Real):
-        raise TypeError(f"iou_threshold must be a number, got {type(iou_threshold).__name__}")
+        raise InputTypeError(f"iou_threshold must be a number, got {type(iou_threshold).__name__}")
+    if math.isnan(iou_threshold):
+        raise ValueError("iou_threshold must be a number, got nan")
 
 
 @fx_leaf
@@ -444,11 +457,11 @@ def _batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: flo
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     _check_nms_inputs(boxes, scores, iou_threshold)
     if not isinstance(idxs, Tensor):
-        raise TypeError(f"idxs must be a Tensor, got {type(idxs).__name__}")
+        raise InputTypeError(f"idxs must be a Tensor, got {type(idxs).__name__}")
     if idxs.shape != scores.shape:
         raise ValueError(f"idxs must have shape [N] with N = {len(boxes)}, got {tuple(idxs.shape)}")
     if idxs.is_floating_point() or idxs.is_complex():
-        raise TypeError(f"idxs must be an integer tensor, got {idxs.dtype}")
+        raise InputTypeError(f"idxs must be an integer tensor, got {idxs.dtype}")
     which = resolve("batched_nms", backend, boxes.device)
     return _nms_kernels.batched_nms(_float(boxes), scores, idxs.long(), float(iou_threshold), which)
 

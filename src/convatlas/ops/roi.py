@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 from torch.jit.annotations import BroadcastingList2
 
+from convatlas.errors import InputTypeError
 from convatlas.ops.backend import resolve
 from convatlas.ops.kernels import roi_align_triton as _roi_align_triton
 from convatlas.ops.kernels import roi_pool as _roi_pool_kernel
@@ -73,7 +74,7 @@ def boxes_to_rois(boxes: Tensor | Sequence[Tensor], dtype: torch.dtype | None = 
             )
         return boxes if dtype is None else boxes.to(dtype)
     if not isinstance(boxes, list | tuple) or not all(isinstance(b, Tensor) for b in boxes):
-        raise TypeError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}")
+        raise InputTypeError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}")
     for i, b in enumerate(boxes):
         if b.dim() != 2 or b.shape[1] != 4:
             raise ValueError(f"boxes[{i}] must have shape [L, 4], got {tuple(b.shape)}")
@@ -95,11 +96,11 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 
 def _prepare(input: Tensor, boxes: Tensor | Sequence[Tensor], output_size, spatial_scale: float, op: str):
     if not isinstance(input, Tensor):
-        raise TypeError(f"{op}: input must be a Tensor, got {type(input).__name__}")
+        raise InputTypeError(f"{op}: input must be a Tensor, got {type(input).__name__}")
     if input.dim() != 4:
         raise ValueError(f"{op}: input must have shape [N, C, H, W], got {tuple(input.shape)}")
     if not input.is_floating_point():
-        raise TypeError(f"{op}: input must be floating point, got {input.dtype}")
+        raise InputTypeError(f"{op}: input must be floating point, got {input.dtype}")
     if not spatial_scale > 0:
         raise ValueError(f"{op}: spatial_scale must be > 0, got {spatial_scale}")
     ph, pw = _pair(output_size, "output_size")
@@ -631,7 +632,8 @@ def _multi_scale_roi_align(
             f"features and scales must be non-empty and of equal length, got {len(features)} and {len(scales)}"
         )
     if not all(isinstance(f, Tensor) for f in features):
-        raise TypeError(f"features must be a list of Tensor[N, C, H, W], got {[type(f).__name__ for f in features]}")
+        kinds = [type(f).__name__ for f in features]
+        raise InputTypeError(f"features must be a list of Tensor[N, C, H, W], got {kinds}")
     compute = torch.float64 if features[0].dtype == torch.float64 else torch.float32
     rois = boxes_to_rois(list(boxes), compute)  # box coordinates are never rounded to float16/bfloat16
     ph, pw = _pair(output_size, "output_size")
