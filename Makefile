@@ -67,8 +67,8 @@ tour: setup
 # The main job: a narrow MobileNet v2 trained on the full Fashion-MNIST (60,000 images) on the CPU, evaluated on the
 # 10,000 test images; the checkpoint, metrics.jsonl, plots and report.html (`convatlas report` of the trained model;
 # its one-line summary goes to report.log) stay in runs/demo-<time>. The last line printed is
-# `test accuracy: 0.XXXX`. One thread by default: on a shared 2-core machine two OpenMP threads thrash (measured
-# 20 img/s against 2,600 with one); DEMO_THREADS=0 lets torch use every core of a machine of your own.
+# `test accuracy: 0.XXXX`. One thread by default: on a 2-core machine loaded by other jobs two OpenMP threads thrash
+# (measured 20 img/s against 2,600 with one); DEMO_THREADS=0 lets torch use every core of an otherwise idle machine.
 DEMO_THREADS ?= 1
 DEMO_ARGS := --model mobilenet_v2 --model-arg width_mult=0.5 --data fashion-mnist --epochs 10 --batch-size 128 \
 	--opt adamw --lr 0.004 --weight-decay 0.05 --warmup-epochs 0.3 --label-smoothing 0.1 --channels-last
@@ -76,6 +76,13 @@ demo: setup data
 	run=runs/demo-$$(date +%Y%m%d-%H%M%S); \
 	$(VENV)/bin/convatlas train $(DEMO_ARGS) --threads $(DEMO_THREADS) --out $$run && \
 	$(VENV)/bin/convatlas report $$run --out $$run/report.html > $$run/report.log
+
+# Every GPU comparison of the benchmarks and the CUDA-path checks in one run of at most 8 minutes (benchmarks/gpu.py,
+# docs/benchmarks.md): the table goes to runs/bench-<time>/gpu.md. Without a GPU, BENCH_ARGS=--dry-run runs every
+# section on the CPU at tiny sizes.
+BENCH_ARGS ?=
+bench: setup
+	bash benchmarks/gpu.sh runs/bench-$$(date +%Y%m%d-%H%M%S) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DATA) runs .pytest_cache .ruff_cache .hypothesis

@@ -5,7 +5,7 @@ Prints the median time of each side and the ratio ``torchinfo time / our time`` 
 The goal is at most 1 second for our summary plus receptive field, and faster than torchinfo.
 
 Times are this process's CPU time (``time.process_time``, one thread by default), which stays comparable on a machine
-shared with other jobs; wall time is printed too. Our analysis runs on the ``meta`` device (no arithmetic), so the
+loaded by other jobs; wall time is printed too. Our analysis runs on the ``meta`` device (no arithmetic), so the
 device of the model does not matter to it; torchinfo runs a real forward pass, on CUDA when ``--device cuda``.
 
     .venv/bin/python benchmarks/analysis.py [--threads 1] [--repeat 5] [--device cpu|cuda]

@@ -3,7 +3,7 @@
 Prints, per case, the median time of ours and of PyTorch (forward, and forward + backward) and the ratio
 ``PyTorch time / our time`` (above 1.0 means ours is faster). Runs on CPU always and on CUDA when it is present.
 On CPU the time is this process's CPU time (``time.process_time``, one thread by default), which stays comparable
-on a machine shared with other jobs; on CUDA it is wall time between synchronisations.
+on a machine loaded by other jobs; on CUDA it is wall time between synchronisations.
 
     .venv/bin/python benchmarks/conv.py [--device all|cpu|cuda] [--threads 1] [--repeat 20] [--quick]
 
@@ -16,7 +16,7 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +95,20 @@ def cases(device: str, quick: bool) -> list[tuple[str, Callable, Callable, list[
     ]
 
 
+def run(devices: list[str], quick: bool, repeat: int) -> Iterator[dict]:
+    """One dict per case, device and pass: ``device``, ``case``, ``pass`` (``fwd``/``fwd+bwd``), ``ours_ms``,
+    ``torch_ms``."""
+    for device in devices:
+        for name, ours, reference, leaves in cases(device, quick):
+            for backward in (False, True):
+                t_ours = _time(ours, repeat, backward, device)
+                t_ref = _time(reference, repeat, backward, device)
+                for t in leaves:
+                    t.grad = None
+                label = "fwd+bwd" if backward else "fwd"
+                yield {"device": device, "case": name, "pass": label, "ours_ms": t_ours * 1e3, "torch_ms": t_ref * 1e3}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all", help="default: CPU, and CUDA if any")
@@ -110,15 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {args.threads} CPU thread(s), float32, median of {repeat} (CPU: process time)")
     header = f"{'device':6} {'case':36} {'pass':9} {'ours ms':>9} {'torch ms':>9} {'ratio':>6}"
     print(header)
-    for device in devices:
-        for name, ours, reference, leaves in cases(device, args.quick):
-            for backward in (False, True):
-                t_ours = _time(ours, repeat, backward, device)
-                t_ref = _time(reference, repeat, backward, device)
-                for t in leaves:
-                    t.grad = None
-                label = "fwd+bwd" if backward else "fwd"
-                print(f"{device:6} {name:36} {label:9} {t_ours * 1e3:9.2f} {t_ref * 1e3:9.2f} {t_ref / t_ours:6.2f}")
+    for r in run(devices, args.quick, repeat):
+        t_ours, t_ref = r["ours_ms"], r["torch_ms"]
+        print(f"{r['device']:6} {r['case']:36} {r['pass']:9} {t_ours:9.2f} {t_ref:9.2f} {t_ref / t_ours:6.2f}")
     return 0
 
 

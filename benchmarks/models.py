@@ -5,7 +5,7 @@ where a converter exists), put in the same mode and memory format, and timed alt
 machine hits both alike. Reported: images per second for inference (eval, no grad) and training (forward,
 backward, SGD step), and the ratio ours / timm (above 1.0: ours is faster).
 
-GPU (the issue's setting): bf16 autocast, channels_last, batch 256, 224x224, eager and then ``torch.compile``::
+GPU (the target setting): bf16 autocast, channels_last, batch 256, 224x224, eager and then ``torch.compile``::
 
     python benchmarks/models.py --device cuda --compile
 
@@ -130,7 +130,8 @@ def _fmt(row: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line with the device's defaults filled in (what :func:`bench_model` reads)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(TIMM_NAMES), choices=list(TIMM_NAMES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -149,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     args.iters = args.iters or (20 if gpu else 2)
     args.amp = gpu  # bf16 autocast on the GPU; float32 on CPU
     args.channels_last = True
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True

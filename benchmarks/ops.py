@@ -15,7 +15,7 @@ import argparse
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torchvision
@@ -56,7 +56,7 @@ budget_ms = BUDGET_MS
 def timeit(ref: Callable[[], object], ours: Callable[[], object], repeats: int, sync: bool = False):
     """Best wall times (ms) of ``ref`` and ``ours`` over interleaved runs, after one warm-up each.
 
-    Interleaving and taking the minimum keep the ratio honest on a machine shared with other jobs: both sides see
+    Interleaving and taking the minimum keep the ratio honest on a machine loaded by other jobs: both sides see
     the same background load, and the minimum is the run least disturbed by it. Fast calls get more runs (about
     ``budget_ms`` per side, at most 300, each side counted on its own) so that a scheduler time slice does not
     decide the result.
@@ -90,11 +90,13 @@ def available(op: str, device: str) -> tuple[str, ...]:
     return (report.auto, *(b for b in report.available if b != report.auto))
 
 
-def bench_nms(device: str, sizes: list[int], repeats: int) -> None:
+# Each bench_* function yields one dict per measurement: "op", "case", "backend", "pass", "torchvision_ms",
+# "ours_ms" and what that table adds ("kept", "same kept set", "max abs diff"). main() prints them as tables;
+# benchmarks/gpu.py collects them.
+
+
+def bench_nms(device: str, sizes: list[int], repeats: int) -> Iterator[dict]:
     sync = device == "cuda"
-    print(f"\n### NMS on {device} (IoU threshold 0.5)\n")
-    print(row(["boxes", "distribution", "kept", "torchvision ms", "ours ms", "ratio", "backend"]))
-    print(row(["---:", "---", "---:", "---:", "---:", "---:", "---"]))
     gen = torch.Generator().manual_seed(0)
     for n in sizes:
         for name, make in (("uniform", uniform_boxes), ("clustered", clustered_boxes)):
@@ -109,19 +111,17 @@ def bench_nms(device: str, sizes: list[int], repeats: int) -> None:
                     repeats,
                     sync,
                 )
-                print(row([n, name, len(ref), f"{t_ref:.2f}", f"{t_ours:.2f}", f"{t_ref / t_ours:.1f}x", backend]))
+                yield {"op": "nms", "case": f"{n} {name} boxes", "boxes": n, "distribution": name, "backend": backend,
+                       "pass": "forward", "kept": len(ref), "torchvision_ms": t_ref, "ours_ms": t_ours}  # fmt: skip
 
 
-def bench_batched_nms(device: str, n: int, repeats: int) -> None:
+def bench_batched_nms(device: str, n: int, repeats: int) -> Iterator[dict]:
     sync = device == "cuda"
     gen = torch.Generator().manual_seed(1)
     boxes, scores = clustered_boxes(n, gen)
     idxs = torch.randint(0, 80, (n,), generator=gen)
     boxes, scores, idxs = boxes.to(device), scores.to(device), idxs.to(device)
     ref = torchvision.ops.batched_nms(boxes, scores, idxs, 0.5)
-    print(f"\n### batched NMS on {device}: {n} clustered boxes, 80 classes\n")
-    print(row(["backend", "torchvision ms", "ours ms", "ratio", "same kept set"]))
-    print(row(["---", "---:", "---:", "---:", "---"]))
     for backend in available("batched_nms", device):
         ours = B.batched_nms(boxes, scores, idxs, 0.5, backend=backend)
         # same kept set (the order of equal scores is unspecified in torchvision; ours breaks ties by index)
@@ -132,10 +132,12 @@ def bench_batched_nms(device: str, n: int, repeats: int) -> None:
             repeats,
             sync,
         )
-        print(row([backend, f"{t_ref:.2f}", f"{t_ours:.2f}", f"{t_ref / t_ours:.1f}x", same]))
+        yield {"op": "batched_nms", "case": f"{n} clustered boxes, 80 classes", "backend": backend, "pass": "forward",
+               "same kept set": same, "torchvision_ms": t_ref, "ours_ms": t_ours}  # fmt: skip
 
 
-def bench_roi(device: str, repeats: int, quick: bool) -> None:
+def bench_roi(device: str, repeats: int, quick: bool) -> Iterator[dict]:
+    """RoI align and RoI pool on a large map (stride 16 of 800 x 1088), then RoI align as a detector head calls it."""
     sync = device == "cuda"
     gen = torch.Generator().manual_seed(2)
     n, c, h, w, k = (2, 16, 12, 17, 32) if quick else (2, 256, 50, 68, 512)  # full: a stride-16 map of 800 x 1088
@@ -143,29 +145,29 @@ def bench_roi(device: str, repeats: int, quick: bool) -> None:
     xy = torch.rand(k, 2, generator=gen) * torch.tensor([w * 15.0, h * 14.0])
     wh = 16 + torch.rand(k, 2, generator=gen) * 300
     rois = torch.cat([torch.randint(0, n, (k, 1), generator=gen).float(), xy, xy + wh], dim=1).to(device)
-    print(f"\n### RoI operators on {device}: {k} boxes on a {n} x {c} x {h} x {w} map, 7 x 7 output, scale 1/16\n")
+    where = f"{k} boxes on a {n} x {c} x {h} x {w} map"
+    title = f"RoI operators on {device}: {where}, 7 x 7 output, scale 1/16"
     cases = [
         ("roi_align (sampling 2)", "roi_align", R.roi_align, torchvision.ops.roi_align, (7, 1 / 16, 2, True)),
         ("roi_align (adaptive)", "roi_align", R.roi_align, torchvision.ops.roi_align, (7, 1 / 16, -1, False)),
         ("roi_pool", "roi_pool", R.roi_pool, torchvision.ops.roi_pool, (7, 1 / 16)),
     ]
-    roi_table(device, x, rois, cases, repeats, sync)
+    yield from roi_rows(device, x, rois, cases, repeats, sync, where, title)
     # The call the Faster R-CNN head makes in benchmarks/detection.py: mobilenet_v3_small's stride-16 map of a batch
     # of sixteen 128 px scenes (48 channels, 8 x 8) and 150 proposals per image, given as a list (its fast path).
-    b, k = (2, 20) if quick else (16, 150)
+    b, per_image = (2, 20) if quick else (16, 150)
     x = torch.randn(b, 48, 8, 8, generator=gen).to(device)
-    xy = torch.rand(b, k, 2, generator=gen) * 110
-    boxes = [torch.cat([p, p + 4 + torch.rand(k, 2, generator=gen) * 90], dim=1).to(device) for p in xy]
-    print(f"\n### RoI align on {device} as a detector head calls it: {b} x {k} boxes (list), {b} x 48 x 8 x 8 map\n")
+    xy = torch.rand(b, per_image, 2, generator=gen) * 110
+    boxes = [torch.cat([p, p + 4 + torch.rand(per_image, 2, generator=gen) * 90], dim=1).to(device) for p in xy]
+    where = f"detector head: {b} x {per_image} boxes (list), {b} x 48 x 8 x 8 map"
+    title = f"RoI align on {device} as a detector head calls it: {b} x {per_image} boxes (list), {b} x 48 x 8 x 8 map"
     cases = [
         ("roi_align (sampling 2, aligned)", "roi_align", R.roi_align, torchvision.ops.roi_align, (7, 1 / 16, 2, True))
     ]
-    roi_table(device, x, boxes, cases, repeats, sync)
+    yield from roi_rows(device, x, boxes, cases, repeats, sync, where, title)
 
 
-def roi_table(device: str, x, rois, cases, repeats: int, sync: bool) -> None:
-    print(row(["op", "backend", "pass", "torchvision ms", "ours ms", "ratio", "max abs diff"]))
-    print(row(["---", "---", "---", "---:", "---:", "---:", "---:"]))
+def roi_rows(device: str, x, rois, cases, repeats: int, sync: bool, where: str, title: str) -> Iterator[dict]:
     for name, op, ours_fn, ref_fn, args in cases:
         for backend in available(op, device):
             diff = (ours_fn(x, rois, *args, backend=backend) - ref_fn(x, rois, *args)).abs().max().item()
@@ -175,8 +177,8 @@ def roi_table(device: str, x, rois, cases, repeats: int, sync: bool) -> None:
                 repeats,
                 sync,
             )
-            ratio = f"{t_ref / t_ours:.2f}x"
-            print(row([name, backend, "forward", f"{t_ref:.2f}", f"{t_ours:.2f}", ratio, f"{diff:.1e}"]))
+            common = {"op": name, "case": where, "title": title, "backend": backend}
+            yield {**common, "pass": "forward", "torchvision_ms": t_ref, "ours_ms": t_ours, "max abs diff": diff}
             xg = x.clone().requires_grad_()
 
             def fwd_bwd(f, a=args, xg=xg, **kw):
@@ -185,8 +187,39 @@ def roi_table(device: str, x, rois, cases, repeats: int, sync: bool) -> None:
             t_ref, t_ours = timeit(
                 lambda f=ref_fn: fwd_bwd(f), lambda f=ours_fn, k=backend: fwd_bwd(f, backend=k), repeats, sync
             )
-            ratio = f"{t_ref / t_ours:.2f}x"
-            print(row([name, backend, "forward + backward", f"{t_ref:.2f}", f"{t_ours:.2f}", ratio, ""]))
+            yield {**common, "pass": "forward + backward", "torchvision_ms": t_ref, "ours_ms": t_ours}
+
+
+def print_nms(rows: Iterable[dict], device: str) -> None:
+    print(f"\n### NMS on {device} (IoU threshold 0.5)\n")
+    print(row(["boxes", "distribution", "kept", "torchvision ms", "ours ms", "ratio", "backend"]))
+    print(row(["---:", "---", "---:", "---:", "---:", "---:", "---"]))
+    for r in rows:
+        t_ref, t_ours = r["torchvision_ms"], r["ours_ms"]
+        cells = [r["boxes"], r["distribution"], r["kept"], f"{t_ref:.2f}", f"{t_ours:.2f}", f"{t_ref / t_ours:.1f}x"]
+        print(row([*cells, r["backend"]]))
+
+
+def print_batched_nms(rows: Iterable[dict], device: str, n: int) -> None:
+    print(f"\n### batched NMS on {device}: {n} clustered boxes, 80 classes\n")
+    print(row(["backend", "torchvision ms", "ours ms", "ratio", "same kept set"]))
+    print(row(["---", "---:", "---:", "---:", "---"]))
+    for r in rows:
+        t_ref, t_ours = r["torchvision_ms"], r["ours_ms"]
+        print(row([r["backend"], f"{t_ref:.2f}", f"{t_ours:.2f}", f"{t_ref / t_ours:.1f}x", r["same kept set"]]))
+
+
+def print_roi(rows: Iterable[dict]) -> None:
+    title = None
+    for r in rows:
+        if r["title"] != title:
+            title = r["title"]
+            print(f"\n### {title}\n")
+            print(row(["op", "backend", "pass", "torchvision ms", "ours ms", "ratio", "max abs diff"]))
+            print(row(["---", "---", "---", "---:", "---:", "---:", "---:"]))
+        t_ref, t_ours = r["torchvision_ms"], r["ours_ms"]
+        diff = f"{r['max abs diff']:.1e}" if "max abs diff" in r else ""
+        print(row([r["op"], r["backend"], r["pass"], f"{t_ref:.2f}", f"{t_ours:.2f}", f"{t_ref / t_ours:.2f}x", diff]))
 
 
 # Ground-truth-like boxes on scikit-image's astronaut (x1, y1, x2, y2): face, shuttle, helmet, mission patch, flag.
@@ -260,10 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         for report in backends(device):
             print(f"- {report}")
         if args.only in (None, "nms"):
-            bench_nms(device, sizes, repeats)
-            bench_batched_nms(device, batched, repeats)
+            print_nms(bench_nms(device, sizes, repeats), device)
+            print_batched_nms(bench_batched_nms(device, batched, repeats), device, batched)
         if args.only in (None, "roi"):
-            bench_roi(device, repeats, args.quick)
+            print_roi(bench_roi(device, repeats, args.quick))
     return 0
 
 

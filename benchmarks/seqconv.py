@@ -3,7 +3,7 @@
 Run: ``python benchmarks/seqconv.py`` (CUDA when present, else CPU; ``--device cpu`` forces CPU; ``--quick`` runs
 every case at tiny sizes, a smoke run).
 
-1. Operators, same run, same inputs (the issue's GPU setting: B=32, C=1024, T=512, H=16, K=31, bf16; on CPU a
+1. Operators, same run, same inputs (the GPU target setting: B=32, C=1024, T=512, H=16, K=31, bf16; on CPU a
    smaller float32 setting):
    - ``lightweight_conv`` on each backend that can run on the device (``backend="triton"`` and ``"torch"`` on CUDA,
      ``"torch"`` on CPU; see :func:`convatlas.ops.backends`) against a grouped ``F.conv1d`` (cuDNN on CUDA)
@@ -70,7 +70,8 @@ def grouped_conv1d(x, weight, padding_l):
     """The stock alternative: the softmaxed per-head kernel repeated to ``[C, 1, K]``, one grouped conv1d."""
     channels = x.shape[1]
     heads, taps = weight.shape
-    w = torch.softmax(weight.float(), dim=-1).to(x.dtype).repeat_interleave(channels // heads, dim=0).unsqueeze(1)
+    w = torch.softmax(weight, dim=-1, dtype=torch.promote_types(weight.dtype, torch.float32)).to(x.dtype)
+    w = w.repeat_interleave(channels // heads, dim=0).unsqueeze(1)
     return F.conv1d(F.pad(x, (padding_l, taps - 1 - padding_l)), w, groups=channels)
 
 
@@ -78,7 +79,7 @@ def unfold_dynamic(x, weight, padding_l):
     """fairseq-style dynamic conv: unfold x to ``[B, C, T, K]`` and sum it against the per-step kernels."""
     batch, channels, steps = x.shape
     heads, taps = weight.shape[1], weight.shape[2]
-    w = torch.softmax(weight.float(), dim=2).to(x.dtype)  # (B, H, K, T)
+    w = torch.softmax(weight, dim=2, dtype=torch.promote_types(weight.dtype, torch.float32)).to(x.dtype)  # (B, H, K, T)
     cols = F.pad(x, (padding_l, taps - 1 - padding_l)).unfold(2, taps, 1)  # (B, C, T, K)
     cols = cols.view(batch, heads, channels // heads, steps, taps)
     return torch.einsum("bhctk,bhkt->bhct", cols, w).reshape(batch, channels, steps)
@@ -188,6 +189,19 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def settings(device: torch.device, quick: bool) -> tuple[torch.dtype, dict, list[int], int]:
+    """``(dtype, operator shape, model sequence lengths, tokens per model batch)`` for ``device``: the bf16 target
+    setting on CUDA, a smaller float32 one on CPU, tiny sizes when ``quick``."""
+    if device.type == "cuda":
+        dtype, shape, budget = torch.bfloat16, dict(b=32, c=1024, t=512, h=16, k=31), 65536
+    else:
+        dtype, shape, budget = torch.float32, dict(b=4, c=256, t=256, h=8, k=31), 8192
+    lengths = [128, 256, 512, 1024, 2048, 4096, 8192]
+    if quick:
+        shape, lengths, budget = dict(b=2, c=32, t=64, h=4, k=7), [64, 128], 512
+    return dtype, shape, lengths, budget
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -211,16 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "auto"
         else args.device
     )
+    dtype, shape, lengths, budget = settings(device, args.quick)
     if device.type == "cuda":
-        dtype, shape = torch.bfloat16, dict(b=32, c=1024, t=512, h=16, k=31)
-        lengths, budget = [128, 256, 512, 1024, 2048, 4096, 8192], 65536
         name = torch.cuda.get_device_name()
     else:
-        dtype, shape = torch.float32, dict(b=4, c=256, t=256, h=8, k=31)
-        lengths, budget = [128, 256, 512, 1024, 2048, 4096, 8192], 8192
         name = f"{platform.processor() or platform.machine()} CPU, threads={torch.get_num_threads()}"
-    if args.quick:
-        shape, lengths, budget = dict(b=2, c=32, t=64, h=4, k=7), [64, 128], 512
     print(f"device: {name}; torch {torch.__version__}; dtype {dtype}; shape {shape}")
     for op in ("lightweight_conv", "dynamic_conv"):
         print(f"  {op}: backends {', '.join(available(op, device))} (auto first)")

@@ -17,8 +17,10 @@ ratio ours / timm. The CPU defaults are small so that it finishes on a loaded 2-
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +84,31 @@ def throughput(model, dataset, *, batch_size: int, steps: int, warmup: int, devi
     return seen / (time.perf_counter() - start)
 
 
-def main() -> None:
+SOURCES = ("fashion-mnist", "imagefolder")
+
+
+def run(device: torch.device, *, steps: int, batch: int, size: int, workers: int, sources=SOURCES,
+        pairs=PAIRS) -> Iterator[dict]:  # fmt: skip
+    """One dict per data source and model pair: ``source``, ``model``, ``timm``, ``ours`` and ``peer`` (img/s)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        datasets = {}
+        if "fashion-mnist" in sources:
+            datasets["fashion-mnist"] = (build_dataset("fashion-mnist", split="test"), 1)
+        if "imagefolder" in sources:
+            folder = make_folder(Path(tmp), classes=4, per_class=max(batch * 2 // 4, 8), size=size)
+            datasets[f"imagefolder {size}x{size}"] = (build_dataset(f"imagefolder:{folder}", image_size=size), 3)
+        for source, (dataset, channels) in datasets.items():
+            for ours_name, timm_name in pairs:
+                torch.manual_seed(0)
+                ours = create_model(ours_name, num_classes=dataset.num_classes, in_channels=channels)
+                theirs = timm.create_model(timm_name, num_classes=dataset.num_classes, in_chans=channels)
+                kw = {"batch_size": batch, "steps": steps, "warmup": 2, "device": device, "image_size": None}
+                rate_ours = throughput(ours, dataset, workers=workers, **kw)
+                rate_timm = throughput(theirs, dataset, workers=workers, **kw)
+                yield {"source": source, "model": ours_name, "timm": timm_name, "ours": rate_ours, "peer": rate_timm}
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int)
@@ -90,7 +116,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, help="side of the generated folder images")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     steps = args.steps or (50 if cuda else 3)
@@ -101,23 +127,11 @@ def main() -> None:
     name = torch.cuda.get_device_name() if cuda else "CPU"
     print(f"device {device} ({name}), torch {torch.__version__}, timm {timm.__version__}, "
           f"threads {torch.get_num_threads()}, batch {batch}, {steps} timed steps")  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = make_folder(Path(tmp), classes=4, per_class=max(batch * 2 // 4, 8), size=size)
-        sources = {
-            "fashion-mnist": (build_dataset("fashion-mnist", split="test"), 1, None),
-            f"imagefolder {size}x{size}": (build_dataset(f"imagefolder:{folder}", image_size=size), 3, None),
-        }
-        for source, (dataset, channels, image_size) in sources.items():
-            for ours_name, timm_name in PAIRS:
-                torch.manual_seed(0)
-                ours = create_model(ours_name, num_classes=dataset.num_classes, in_channels=channels)
-                theirs = timm.create_model(timm_name, num_classes=dataset.num_classes, in_chans=channels)
-                kw = {"batch_size": batch, "steps": steps, "warmup": 2, "device": device, "image_size": image_size}
-                rate_ours = throughput(ours, dataset, workers=args.workers, **kw)
-                rate_timm = throughput(theirs, dataset, workers=args.workers, **kw)
-                print(f"{source:>22} {ours_name:>16}: ours {rate_ours:8.1f} img/s, timm {timm_name} "
-                      f"{rate_timm:8.1f} img/s, ratio ours/timm {rate_ours / rate_timm:.2f}")  # fmt: skip
+    for r in run(device, steps=steps, batch=batch, size=size, workers=args.workers):
+        print(f"{r['source']:>22} {r['model']:>16}: ours {r['ours']:8.1f} img/s, timm {r['timm']} "
+              f"{r['peer']:8.1f} img/s, ratio ours/timm {r['ours'] / r['peer']:.2f}")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -251,7 +251,7 @@ def test_onnx_export_matches_onnxruntime():
 def test_torch_compile_matches_eager():
     # Reference: the eager model. fullgraph=True fails on any graph break (data-dependent control flow); the
     # aot_eager backend runs dynamo and AOTAutograd (forward and backward graphs) without inductor's C++ build,
-    # which takes minutes on this test machine's shared CPUs.
+    # which takes minutes on a 2-core CPU.
     model = randomize(create_model("mobilenet_v3_small", num_classes=10))
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     x = torch.randn(2, 3, 32, 32)

@@ -412,8 +412,15 @@ SEGMENTATION_ROWS = [
 ]
 
 
+def _cls_without(text: str) -> str:
+    """CLS less the options the row gives itself (an option given twice is refused)."""
+    given = {part for part in text.split() if part.startswith("--") and part != "--model-arg"}
+    pairs = zip(CLS[::2], CLS[1::2], strict=True)
+    return " ".join(f"{option} {value}" for option, value in pairs if option not in given)
+
+
 def _expand(w, text: str) -> str:
-    return text.format(**vars(w), CLS=" ".join(CLS), UNET=" ".join(UNET), FASTER=" ".join(FASTER),
+    return text.format(**vars(w), CLS=_cls_without(text), UNET=" ".join(UNET), FASTER=" ".join(FASTER),
                        new=w.root / "new-run", unwritable=UNWRITABLE)  # fmt: skip
 
 

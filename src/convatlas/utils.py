@@ -31,6 +31,7 @@ def as_tuple(value, n: int, name: str) -> tuple:
     return value
 
 
+MAX_SEED = 2**32 - 1  # the largest seed accepted anywhere: numpy's bound, and torch's generators take it too
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -16,6 +16,9 @@ from torch import Tensor, nn
 
 from convatlas.analysis.receptive import pick_call
 from convatlas.analysis.trace import check_input_size, run_trace, spatial_dims, summarise
+from convatlas.utils import MAX_SEED
+
+MAX_SAMPLES = 1024  # random inputs averaged over: more changes nothing visible and costs memory
 
 
 @dataclass
@@ -59,7 +62,7 @@ def effective_receptive_field(
         model: an image model taking ``Tensor[N, C, H, W]`` (or ``Tensor[N, C, L]``).
         input_size: ``(C, H, W)`` without the batch dimension.
         layer: module path of the feature map; by default the one :func:`receptive_field` picks.
-        samples: random inputs ``x ~ N(0, 1)`` averaged over.
+        samples: random inputs ``x ~ N(0, 1)`` averaged over, ``1..MAX_SAMPLES``.
         seed: seed of the inputs.
         unit: the position on the feature map's spatial dimensions; by default the centre (``L // 2`` each).
 
@@ -69,8 +72,10 @@ def effective_receptive_field(
     size = check_input_size(input_size)
     if len(size) < 2:
         raise ValueError(f"effective_receptive_field needs an image or signal input (C, H, W) or (C, L), got {size}")
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
+        raise ValueError(f"samples must be an int in 1..{MAX_SAMPLES}, got {samples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an int in 0..{MAX_SEED}, got {seed!r}")
     lengths = list(spatial_dims(size).values())
     trace = run_trace(model, size)
     call = pick_call(trace.calls, lengths, layer)

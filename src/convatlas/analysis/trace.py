@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from convatlas.analysis.graph import Frame, GraphTracer, Span, Unknown
+from convatlas.errors import InputTypeError
 
 
 @dataclass
@@ -44,6 +45,9 @@ class Trace:
     input_size: tuple[int, ...]
 
 
+MAX_INPUT_SIDE = 2**20
+
+
 def check_input_size(input_size) -> tuple[int, ...]:
     """``input_size`` as a tuple of positive ints (without the batch dimension)."""
     if isinstance(input_size, int):
@@ -51,11 +55,14 @@ def check_input_size(input_size) -> tuple[int, ...]:
     try:
         size = tuple(input_size)
     except TypeError:
-        raise TypeError(f"input_size must be a sequence of ints like (3, 224, 224), got {input_size!r}") from None
+        raise InputTypeError(f"input_size must be a sequence of ints like (3, 224, 224), got {input_size!r}") from None
     if not size or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
         raise ValueError(
             f"input_size must be positive ints without the batch dimension, like (3, 224, 224); got {size!r}"
         )
+    if max(size) > MAX_INPUT_SIDE:
+        raise ValueError(f"input_size {size}: each dimension must be at most {MAX_INPUT_SIDE:,} (the analysis keeps "
+                         "per-position arrays of every dimension)")  # fmt: skip
     return size
 
 
@@ -133,7 +140,7 @@ def run_trace(
         ValueError: the input does not fit the network (named layer, arithmetic).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     size = check_input_size(input_size)
     dtype = input_dtype(model, size, dtype)
     if device is None:

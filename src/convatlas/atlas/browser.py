@@ -75,6 +75,9 @@ def screenshot(page: str | Path, *, width: int = 1400, height: int | None = None
         width: the window width.
         height: the window height; by default the page's full height (at most ``max_height``).
     """
+    for name, value in (("width", width), ("height", height), ("max_height", max_height)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"screenshot: {name} must be a positive int of pixels, got {value!r}")
     page = Path(page)
     if not page.is_file():
         raise FileNotFoundError(2, "no such page", str(page))

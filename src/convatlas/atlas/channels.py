@@ -18,6 +18,7 @@ from convatlas.atlas.draw import (
     Drawing,
     GridView,
     _cell_text,
+    _check_cell,
     _check_drawable,
     _check_input,
     _durations,
@@ -56,6 +57,7 @@ def draw_channels(
         multiplier: depthwise channel multiplier ``m`` (``C_in m`` outputs).
         cell: cell size in pixels.
     """
+    _check_cell(cell)
     if kind not in ("depthwise", "pointwise", "separable"):
         raise ValueError(f"kind must be 'depthwise', 'pointwise' or 'separable', got {kind!r}")
     size = tuple(input_size)

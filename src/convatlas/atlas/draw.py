@@ -22,6 +22,7 @@ import torch
 from convatlas.atlas import windows as W
 from convatlas.atlas.scene import Line, Rect, Scene, Shape, Text, fitted, save_scene, text_width
 from convatlas.ops import conv_matrix
+from convatlas.utils import MAX_SEED
 
 # Colours (inputs blue, outputs teal, as in Dumoulin & Visin's figures).
 INPUT = "#8ab6e8"
@@ -39,6 +40,7 @@ MUTED = "#666666"
 
 MAX_FRAMES = 1024  # an animation with more frames than this is not a picture anyone reads
 MAX_GRID = 96  # cells per side
+CELL_RANGE = (4, 100)  # pixels a cell: smaller is unreadable, larger makes pictures of tens of thousands of pixels
 
 
 @dataclass
@@ -165,9 +167,23 @@ def _cell_text(cell: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, cell)) + ")"
 
 
+def _check_cell(cell) -> None:
+    low, high = CELL_RANGE
+    number = isinstance(cell, int | float) and not isinstance(cell, bool)
+    if not number or not math.isfinite(cell) or not low <= cell <= high:
+        raise ValueError(f"cell must be a size in pixels in {low}..{high}, got {cell!r}")
+
+
+def _generator(seed) -> torch.Generator:
+    """A generator seeded with ``seed``, an int in ``0..MAX_SEED``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an int in 0..{MAX_SEED}, got {seed!r}")
+    return torch.Generator().manual_seed(seed)
+
+
 def _numbers(shape: tuple[int, ...], low: int, high: int, seed: int) -> torch.Tensor:
     """Small integers, float64, reproducible: the values written on a picture."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = _generator(seed)
     return torch.randint(low, high + 1, shape, generator=generator).to(torch.float64)
 
 
@@ -293,6 +309,7 @@ def draw_convolution(
     Raises:
         ValueError: the arithmetic's error when the kernel does not fit (``conv_out``), or a picture too large.
     """
+    _check_cell(cell)
     size = tuple(input_size)
     _check_input(size, padding if isinstance(padding, int) else tuple(padding), "conv")
     win = W.conv_windows(size, kernel, stride=stride, padding=padding, dilation=dilation)
@@ -368,6 +385,7 @@ def draw_pooling(
         mode: ``"max"`` or ``"avg"`` (PyTorch's ``count_include_pad=True``: padding zeros count, overhang does not).
         values, seed, cell: as in :func:`draw_convolution`.
     """
+    _check_cell(cell)
     if mode not in ("max", "avg"):
         raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")
     size = tuple(input_size)

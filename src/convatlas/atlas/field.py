@@ -46,7 +46,7 @@ def load_image(image: str | Path | np.ndarray | Image.Image | None = None) -> Im
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
-    except OSError as err:
+    except (OSError, Image.DecompressionBombError) as err:
         raise ValueError(f"image {path}: not a picture Pillow can read ({err})") from None
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from torch import nn
 
 from convatlas.analysis import Summary, summary
+from convatlas.analysis.erf import MAX_SAMPLES
 from convatlas.atlas.diagram import rf_chart, shape_text, si, stage_bars, stage_diagram
 from convatlas.atlas.network import Network, network
 
@@ -77,16 +78,17 @@ def build_report(
     Returns:
         A :class:`Report`; ``report.save(path)`` writes it.
     """
-    if isinstance(erf_samples, bool) or not isinstance(erf_samples, int) or erf_samples < 0:
-        raise ValueError(f"erf_samples must be an int >= 0, got {erf_samples!r}")
+    if isinstance(erf_samples, bool) or not isinstance(erf_samples, int) or not 0 <= erf_samples <= MAX_SAMPLES:
+        raise ValueError(f"erf_samples must be an int in 0..{MAX_SAMPLES}, got {erf_samples!r}")
     table = summary(model, input_size)
     net = network(model, input_size)
     notes = list(table.notes)
     field_png = None
     size = tuple(table.input_size)
     if erf_samples and len(size) == 3 and size[0] in (1, 3):
-        from convatlas.atlas.field import field_figure
+        from convatlas.atlas.field import field_figure, load_image
 
+        image = load_image(image)  # a picture that cannot be read is the caller's error, not a note on the page
         try:
             field_png = field_figure(model, size, image=image, samples=erf_samples, seed=seed, net=net).png
         except ValueError as err:

@@ -23,8 +23,10 @@ from convatlas.atlas.draw import (
     WINDOW_ZERO,
     Drawing,
     GridView,
+    _check_cell,
     _durations,
     _fmt,
+    _generator,
 )
 from convatlas.atlas.scene import Rect, Scene, Shape, Text, fitted, text_width
 from convatlas.ops import conv_matrix
@@ -54,13 +56,14 @@ def draw_sentence(
         seed: seed of the random vectors and filters.
         cell: cell size in pixels.
     """
+    _check_cell(cell)
     words = sentence.split()
     if not 2 <= len(words) <= 24:
         raise ValueError(f"sentence must have 2 to 24 words to draw, got {len(words)}")
     kernels = (kernels,) if isinstance(kernels, int) else tuple(kernels)
     if not kernels or len(kernels) > 4:
         raise ValueError(f"kernels must list 1 to 4 filter heights, got {kernels!r}")
-    generator = torch.Generator().manual_seed(seed)
+    generator = _generator(seed)
     if embeddings is None:
         if not 1 <= dim <= 16:
             raise ValueError(f"dim must be in 1..16 to draw, got {dim}")

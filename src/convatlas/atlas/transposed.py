@@ -25,6 +25,7 @@ from convatlas.atlas.draw import (
     Drawing,
     GridView,
     _cell_text,
+    _check_cell,
     _check_drawable,
     _check_input,
     _durations,
@@ -67,6 +68,7 @@ def draw_transposed(
         view: ``"convolution"`` or ``"scatter"``.
         values, seed, cell: as in :func:`draw_convolution`; the output is ``C^T x``.
     """
+    _check_cell(cell)
     if view not in ("convolution", "scatter"):
         raise ValueError(f"view must be 'convolution' or 'scatter', got {view!r}")
     size = tuple(input_size)

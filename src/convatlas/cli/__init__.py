@@ -22,11 +22,34 @@ COMMAND_MODULES = ("arith", "tour", "models", "detect", "train", "analysis", "at
 MAX_INT = 10**100
 
 
+class _StoreOnce(argparse.Action):
+    """argparse's ``store`` action, except that an option given twice is refused: argparse would keep the last value
+    and drop the first in silence (``--lr 0.1 ... --lr 0.01``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = getattr(parser, "given_options", None)
+        if given is not None:
+            if self.dest in given:
+                raise argparse.ArgumentError(self, f"given twice ({given[self.dest]!r}, then {values!r}); give it once")
+            given[self.dest] = values
+        setattr(namespace, self.dest, values)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser with errors on one line: ``PROG: error: MESSAGE (see PROG --help)``, exit status 2.
+    """argparse's parser with errors on one line: ``PROG: error: MESSAGE (see PROG --help)``, exit status 2, and
+    options that take a value refused when given twice.
 
     Subcommand parsers are made with the parent's class, so every command of ``convatlas`` reports this way.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given_options: dict[str, object] = {}
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {one_line(ValueError(message))} (see `{self.prog} --help`)\n")
@@ -58,6 +81,16 @@ def parse_int(option: str, text: str, *, minimum: int | None = None, maximum: in
     if value > maximum:
         raise ValueError(f"{option} must be <= {limit}, got {shown}")
     return value
+
+
+def seed_type(text: str) -> int:
+    """argparse ``type`` of a ``--seed`` option: an integer in ``0..2**32 - 1``."""
+    from convatlas.utils import MAX_SEED
+
+    try:
+        return parse_int("", text, minimum=0, maximum=MAX_SEED)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).strip()) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

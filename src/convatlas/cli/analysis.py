@@ -17,13 +17,13 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from convatlas.analysis.erf import MAX_SAMPLES
 from convatlas.cli import parse_int
 from convatlas.errors import InputTypeError, is_user_error
 from convatlas.files import atomic_write, check_output_file
 
 # An input holds at most this many values (PyTorch's 32-bit indexing limit, and 8 GiB in float32).
 MAX_INPUT_VALUES = 2**31 - 1
-MAX_SAMPLES = 1024
 T = TypeVar("T")
 
 
@@ -162,6 +162,10 @@ def _check_plot(args: argparse.Namespace) -> Path | None:
     if args.samples is not None and not 1 <= args.samples <= MAX_SAMPLES:
         raise ValueError(f"--samples must be in 1..{MAX_SAMPLES}, got {args.samples}")
     if args.plot is None:
+        given = "--samples" if args.samples is not None else "--overwrite" if args.overwrite else None
+        if given:
+            raise ValueError(f"{given} applies to --plot (the effective receptive field); without --plot nothing is "
+                             "drawn or written")  # fmt: skip
         return None
     path = check_output_file(args.plot, "--plot", overwrite=args.overwrite)
     from matplotlib.figure import Figure

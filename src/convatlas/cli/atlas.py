@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 DRAW_SUFFIXES = (".gif", ".svg", ".png")
+MAX_SCREENSHOT_HEIGHT = 16384  # pixels: the tallest window a screenshot is taken in
 
 
 def _ints(text: str, option: str) -> int | tuple[int, ...]:
@@ -47,56 +48,71 @@ def _draw(args: argparse.Namespace) -> int:
     if args.kind == "field":
         return _draw_field(args)
     out = _check_out(args, DRAW_SUFFIXES)
-    common = {"cell": args.cell} if args.cell else {}
+    if args.frame is not None and out.suffix.lower() == ".gif":
+        raise ValueError(f"--frame picks the frame of an .svg or .png; the .gif {out} holds every frame")
+    if getattr(args, "values", True) is False and getattr(args, "seed", None) is not None:
+        raise ValueError("--seed seeds the numbers that --values writes; without --values nothing is random")
+    frame = 0 if args.frame is None else args.frame
+    common = {"cell": args.cell} if args.cell is not None else {}
+    seed = getattr(args, "seed", None) or 0
     if args.kind == "sentence":
-        kernels = tuple(int(k) for k in args.kernel.split(",")) if args.kernel else (2, 3)
-        drawing = atlas.draw_sentence(args.sentence, kernels, dim=args.dim, padding=args.padding, seed=args.seed,
-                                      **common)  # fmt: skip
+        drawing = atlas.draw_sentence(args.sentence, _kernels(args.kernel), dim=args.dim, padding=args.padding,
+                                      seed=seed, **common)  # fmt: skip
     else:
         size = _size(args.input)
-        kernel = _ints(args.kernel, "--kernel")
+        kernel = _ints(args.kernel, "--kernel") if args.kind != "pointwise" else 1
         geometry = {
-            "stride": _ints(args.stride, "--stride") if args.stride else None,
-            "padding": _ints(args.padding, "--padding"),
-            "dilation": _ints(args.dilation, "--dilation"),
+            "stride": _ints(args.stride, "--stride") if args.stride is not None else None,
+            "padding": _ints(args.padding, "--padding") if args.kind != "pointwise" else 0,
+            "dilation": _ints(args.dilation, "--dilation") if args.kind != "pointwise" else 1,
         }
         if args.kind == "conv":
             drawing = atlas.draw_convolution(size, kernel, stride=geometry["stride"], padding=geometry["padding"],
-                                             dilation=geometry["dilation"], values=args.values, seed=args.seed,
+                                             dilation=geometry["dilation"], values=args.values, seed=seed,
                                              **common)  # fmt: skip
         elif args.kind == "pool":
             drawing = atlas.draw_pooling(size, kernel, ceil_mode=args.ceil_mode, mode=args.mode, values=args.values,
-                                         seed=args.seed, **geometry, **common)  # fmt: skip
+                                         seed=seed, **geometry, **common)  # fmt: skip
         elif args.kind == "transposed":
             drawing = atlas.draw_transposed(
                 size, kernel, stride=geometry["stride"], padding=geometry["padding"],
                 output_padding=_ints(args.output_padding, "--output-padding"), dilation=geometry["dilation"],
-                view=args.view, values=args.values, seed=args.seed, **common,
+                view=args.view, values=args.values, seed=seed, **common,
             )  # fmt: skip
         else:  # depthwise, pointwise, separable
             drawing = atlas.draw_channels(
-                args.kind, size, in_channels=args.channels, out_channels=args.out_channels, kernel=kernel,
-                multiplier=args.multiplier, stride=geometry["stride"], padding=geometry["padding"],
-                dilation=geometry["dilation"], **common,
+                args.kind, size, in_channels=args.channels, out_channels=getattr(args, "out_channels", None),
+                kernel=kernel, multiplier=getattr(args, "multiplier", 1), stride=geometry["stride"],
+                padding=geometry["padding"], dilation=geometry["dilation"], **common,
             )  # fmt: skip
-    drawing.save(out, frame=args.frame, overwrite=True)
+    drawing.save(out, frame=frame, overwrite=True)
     n = len(drawing.scene.frames)
-    what = f"{n} frames" if out.suffix.lower() == ".gif" else f"frame {args.frame % n} of {n}"
+    what = f"{n} frames" if out.suffix.lower() == ".gif" else f"frame {frame % n} of {n}"
     print(f"wrote {out} ({what}): {drawing.title}")
     return 0
 
 
+def _kernels(text: str) -> tuple[int, ...]:
+    """``--kernel`` of ``draw sentence``: filter heights separated by commas."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--kernel must be filter heights separated by commas, like 2,3; got {text!r}") from None
+
+
 def _draw_field(args: argparse.Namespace) -> int:
     from convatlas.atlas.field import field_figure
+    from convatlas.cli.analysis import _analyse
 
     out = _check_out(args, (".png",))
-    model, size = _model(args.model, args.input)
+    model, size, user_model = _model(args.model, args.input)
     point = None
-    if args.point:
+    if args.point is not None:
         point = _ints(args.point, "--point")
         if isinstance(point, int) or len(point) != 2:
             raise ValueError(f"--point must be YxX in input pixels, got {args.point!r}")
-    figure = field_figure(model, size, image=args.image, point=point, samples=args.samples, seed=args.seed)
+    figure = _analyse(args, model, size, user_model, lambda: field_figure(
+        model, size, image=args.image, point=point, samples=args.samples, seed=args.seed))  # fmt: skip
     figure.save(out, overwrite=True)
     for stage in figure.stages:
         print(f"{stage.name} ({stage.path}): unit {stage.unit}, field {'x'.join(map(str, stage.size))}")
@@ -105,8 +121,9 @@ def _draw_field(args: argparse.Namespace) -> int:
 
 
 def _model(spec: str, input_text: str | None):
-    """The model and its input size: a registry name or ``module:function`` (as in ``convatlas summary``), or a
-    training run folder / checkpoint JSON (rebuilt with :func:`convatlas.train.load_model`)."""
+    """The model, its input size and whether it is the user's own (``module:function``): a registry name or
+    ``module:function`` (as in ``convatlas summary``), or a training run folder / checkpoint JSON (rebuilt with
+    :func:`convatlas.train.load_model`)."""
     from convatlas.cli.analysis import load_model, parse_input
 
     if Path(spec).exists():
@@ -122,25 +139,30 @@ def _model(spec: str, input_text: str | None):
             side = record.inputs.image_size or record.inputs.data_size
             side = (side, side) if isinstance(side, int) else tuple(side)
             default = (int(record.inputs.in_channels), *side)
-        if input_text:
-            return model, parse_input(input_text)
+        if input_text is not None:
+            return model, parse_input(input_text), False
         if default is None:
             raise ValueError(f"MODEL {spec}: the checkpoint does not record its input size; give --input")
-        return model, default
+        return model, default, False
     model, default = load_model(spec)
-    return model, parse_input(input_text) if input_text else default or (3, 224, 224)
+    size = parse_input(input_text) if input_text is not None else default or (3, 224, 224)
+    return model, size, default is None
 
 
 def _report(args: argparse.Namespace) -> int:
+    from convatlas.analysis.erf import MAX_SAMPLES
     from convatlas.atlas.report import build_report
+    from convatlas.cli.analysis import _analyse
 
     out = _check_out(args, (".html", ".htm"))
-    if args.screenshot:
+    if args.screenshot is not None:
         from convatlas.files import check_output_file
 
         if Path(args.screenshot).suffix.lower() != ".png":
             raise ValueError(f"--screenshot {args.screenshot}: the extension must be .png")
         check_output_file(args.screenshot, "--screenshot", overwrite=args.overwrite)
+        if args.screenshot_height is not None and not 1 <= args.screenshot_height <= MAX_SCREENSHOT_HEIGHT:
+            raise ValueError(f"--screenshot-height must be in 1..{MAX_SCREENSHOT_HEIGHT}, got {args.screenshot_height}")
         import importlib.util
 
         from convatlas.atlas.browser import find_chromium
@@ -148,11 +170,20 @@ def _report(args: argparse.Namespace) -> int:
         find_chromium()  # before the work: say now if the browser is missing
         if importlib.util.find_spec("selenium") is None:
             raise ValueError("--screenshot needs selenium to drive the browser: pip install selenium")
-    if args.erf_samples < 0:
-        raise ValueError(f"--erf-samples must be >= 0, got {args.erf_samples}")
-    model, size = _model(args.model, args.input)
-    report = build_report(model, size, title=args.title, erf_samples=args.erf_samples, image=args.image,
-                          seed=args.seed)  # fmt: skip
+    elif args.screenshot_height is not None:
+        raise ValueError("--screenshot-height applies to --screenshot; without --screenshot no picture is taken")
+    if not 0 <= args.erf_samples <= MAX_SAMPLES:
+        raise ValueError(f"--erf-samples must be in 0..{MAX_SAMPLES}, got {args.erf_samples}")
+    model, size, user_model = _model(args.model, args.input)
+    picture = args.erf_samples and len(size) == 3 and size[0] in (1, 3)  # as build_report decides
+    given = "--image" if args.image is not None else "--seed" if args.seed is not None else None
+    if given and not picture:
+        why = "--erf-samples is 0" if not args.erf_samples else f"the input {'x'.join(map(str, size))} is not an image"
+        raise ValueError(f"{given} applies to the receptive-field picture, and there is none: {why}")
+    image = "astronaut" if args.image is None else args.image
+    seed = 0 if args.seed is None else args.seed
+    report = _analyse(args, model, size, user_model, lambda: build_report(
+        model, size, title=args.title, erf_samples=args.erf_samples, image=image, seed=seed))  # fmt: skip
     report.save(out, overwrite=True)
     s = report.summary
     print(
@@ -160,7 +191,7 @@ def _report(args: argparse.Namespace) -> int:
         f"{s.total_params:,} parameters, {s.total_macs:,} MACs, {len(report.network.spine)} blocks in "
         f"{len(report.network.stages)} stages"
     )
-    if args.screenshot:
+    if args.screenshot is not None:
         from convatlas.atlas.browser import screenshot
         from convatlas.files import atomic_write_bytes
 
@@ -177,26 +208,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the convolution matrix; or the receptive fields of a model's stages on a picture.",
     )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
-    out = argparse.ArgumentParser(add_help=False)
-    out.add_argument("--out", required=True, help="output file: .gif (every frame), .svg or .png (one frame)")
-    out.add_argument("--frame", type=int, default=0, help="the frame of an .svg or .png (default 0; -1: the last)")
-    out.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    out.add_argument("--seed", type=int, default=0, help="seed of the numbers drawn (default 0)")
-    out.add_argument("--cell", type=float, default=None, help="cell size in pixels")
-    grid = argparse.ArgumentParser(add_help=False)
-    grid.add_argument("--input", required=True, help="input size: L (1-D) or HxW (2-D)")
-    grid.add_argument("--kernel", default="3", help="kernel size: k or KHxKW (default 3)")
-    grid.add_argument("--padding", default="0", help="padding on each side: p or PHxPW (default 0)")
-    grid.add_argument("--dilation", default="1", help="dilation: d or DHxDW (default 1)")
-    grid.add_argument("--values", action="store_true", help="write numbers in the cells (small random integers)")
+    from convatlas.cli import ArgumentParser, seed_type
 
-    k = kinds.add_parser("conv", parents=[grid, out], help="convolution (1-D or 2-D, stride, padding, dilation)")
+    out = ArgumentParser(add_help=False)
+    out.add_argument("--out", required=True, help="output file: .gif (every frame), .svg or .png (one frame)")
+    out.add_argument("--frame", type=int, default=None, help="the frame of an .svg or .png (default 0; -1: the last)")
+    out.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    out.add_argument("--cell", type=float, default=None, help="cell size in pixels, 4..100")
+    grid = ArgumentParser(add_help=False)
+    grid.add_argument("--input", required=True, help="input size: L (1-D) or HxW (2-D)")
+    window = ArgumentParser(add_help=False)
+    window.add_argument("--kernel", default="3", help="kernel size: k or KHxKW (default 3)")
+    window.add_argument("--padding", default="0", help="padding on each side: p or PHxPW (default 0)")
+    window.add_argument("--dilation", default="1", help="dilation: d or DHxDW (default 1)")
+    values = ArgumentParser(add_help=False)
+    values.add_argument("--values", action="store_true", help="write numbers in the cells (small random integers)")
+    values.add_argument("--seed", type=seed_type, default=None, help="seed of the numbers --values writes (default 0)")
+
+    k = kinds.add_parser("conv", parents=[grid, window, values, out],
+                         help="convolution (1-D or 2-D, stride, padding, dilation)")  # fmt: skip
     k.add_argument("--stride", default="1", help="stride: s or SHxSW (default 1)")
-    k = kinds.add_parser("pool", parents=[grid, out], help="max or average pooling, ceil_mode's partial windows")
+    k = kinds.add_parser("pool", parents=[grid, window, values, out],
+                         help="max or average pooling, ceil_mode's partial windows")  # fmt: skip
     k.add_argument("--stride", default=None, help="stride (default: the kernel size, as in PyTorch)")
     k.add_argument("--mode", choices=("max", "avg"), default="max")
     k.add_argument("--ceil-mode", action="store_true", help="round the output size up (partial windows)")
-    k = kinds.add_parser("transposed", parents=[grid, out], help="transposed convolution, drawn two ways")
+    k = kinds.add_parser("transposed", parents=[grid, window, values, out],
+                         help="transposed convolution, drawn two ways")  # fmt: skip
     k.add_argument("--stride", default="1", help="stride: s or SHxSW (default 1)")
     k.add_argument("--output-padding", default="0", help="output padding a < max(s, d) (default 0)")
     k.add_argument(
@@ -210,12 +248,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("pointwise", "pointwise (1x1) convolution mixing channels"),
         ("separable", "depthwise then pointwise, with parameter counts"),
     ):
-        k = kinds.add_parser(name, parents=[grid, out], help=text)
+        # a pointwise convolution has no kernel, padding or dilation; only the steps that exist take their options
+        k = kinds.add_parser(name, parents=[grid, out] if name == "pointwise" else [grid, window, out], help=text)
         k.add_argument("--stride", default="1", help="stride of the depthwise (or 1x1) step (default 1)")
         k.add_argument("--channels", type=int, default=3, help="input channels (default 3)")
-        k.add_argument("--out-channels", type=int, default=None, help="output channels of the 1x1 step")
-        k.add_argument("--multiplier", type=int, default=1, help="depthwise filters per channel (default 1)")
+        if name != "depthwise":
+            k.add_argument("--out-channels", type=int, default=None, help="output channels of the 1x1 step")
+        if name != "pointwise":
+            k.add_argument("--multiplier", type=int, default=1, help="depthwise filters per channel (default 1)")
     k = kinds.add_parser("sentence", parents=[out], help="Kim's 1-D convolution over a sentence's word vectors")
+    k.add_argument("--seed", type=seed_type, default=0, help="seed of the word vectors and filters (default 0)")
     k.add_argument("--sentence", default="wait for the video and do n't rent it", help="the words")
     k.add_argument("--kernel", default="2,3", help="filter heights in words, comma-separated (default 2,3)")
     k.add_argument("--dim", type=int, default=6, help="embedding dimensions drawn (default 6)")
@@ -225,8 +267,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("--input", help="input size without batch, e.g. 3x224x224 (default: the model's)")
     k.add_argument("--image", default="astronaut", help="a picture file or a scikit-image sample (default astronaut)")
     k.add_argument("--point", default=None, help="YxX: the input pixel whose fields are drawn (default: the centre)")
-    k.add_argument("--samples", type=int, default=8, help="random inputs of the effective field (default 8)")
-    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--samples", type=int, default=8, help="random inputs of the effective field, 1..1024 (default 8)")
+    k.add_argument("--seed", type=seed_type, default=0, help="seed of those inputs (default 0)")
     k.add_argument("--out", required=True, help="output .png")
     k.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(handler=_draw)
@@ -242,8 +284,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--title", default=None, help="page title (default: the model's class name)")
     p.add_argument("--erf-samples", type=int, default=8, help="random inputs of the effective field (0: no picture)")
-    p.add_argument("--image", default="astronaut", help="the picture the fields are drawn on (default astronaut)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image", default=None, help="the picture the fields are drawn on (default astronaut)")
+    p.add_argument("--seed", type=seed_type, default=None, help="seed of the effective field's inputs (default 0)")
     p.add_argument("--screenshot", default=None, metavar="PNG", help="also save the page as rendered by headless "
                    "Chromium (needs chromium, chromium-driver and selenium)")  # fmt: skip
     p.add_argument("--screenshot-height", type=int, default=None, metavar="PX",

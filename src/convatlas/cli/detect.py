@@ -15,6 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from convatlas.cli import seed_type
 from convatlas.cli.train import reports_options
 from convatlas.errors import InputError
 
@@ -31,9 +32,21 @@ def _read(spec: str) -> tuple[str, Tensor]:
     try:
         with Image.open(path) as im:
             array = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise InputError(f"IMAGE {spec}: not a readable image ({err})") from None
     return path.stem, torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+
+
+MAX_PICTURE_SIDE = 16384  # pixels a side of a picture drawn with --scale
+
+
+def _check_scale(scale: int, read: list[tuple[str, Tensor]], images: list[str]) -> None:
+    """Refuse a ``--scale`` that would draw a picture larger than :data:`MAX_PICTURE_SIDE` a side."""
+    for spec, (_, image) in zip(images, read, strict=True):
+        h, w = image.shape[-2:]
+        if scale * max(h, w) > MAX_PICTURE_SIDE:
+            raise InputError(f"--scale {scale} would draw IMAGE {spec} ({w}x{h}) at {scale * w}x{scale * h} pixels; "
+                             f"at most {MAX_PICTURE_SIDE} a side")  # fmt: skip
 
 
 def _positive(option: str, value) -> int:
@@ -89,7 +102,7 @@ def _detections(model, record, image: Tensor, device: torch.device, max_proposal
 @reports_options
 def _detect(args: argparse.Namespace) -> int:
     from convatlas.detection.visualize import draw_boxes
-    from convatlas.files import atomic_write, atomic_write_json
+    from convatlas.files import atomic_write, atomic_write_json, check_output_dir
     from convatlas.train import load_model, read_record
     from convatlas.utils import resolve_device
 
@@ -104,8 +117,9 @@ def _detect(args: argparse.Namespace) -> int:
     if record.task != "detection":
         raise InputError(f"--checkpoint {path}: a {record.task} run, not a detection one (train with a detection "
                          "model: rcnn, fast_rcnn, faster_rcnn)")  # fmt: skip
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     read = [_read(spec) for spec in args.images]
+    _check_scale(scale, read, args.images)
     pictures = _outputs(out, [name for name, _ in read], args.images, args.overwrite)
     model, record = load_model(args.checkpoint, device=device)
     max_proposals = _limit(model, record, args.proposals, args.max_detections)
@@ -150,7 +164,9 @@ def _proposals(args: argparse.Namespace) -> int:
 
     top = _positive("--top", args.top)
     out = check_output_file(args.out, "--out", overwrite=args.overwrite)
-    if args.json:
+    if out.suffix.lower() != ".png":
+        raise InputError(f"--out {out}: the picture is a PNG; the name must end in .png, got {out.suffix!r}")
+    if args.json is not None:
         check_output_file(args.json, "--json", overwrite=args.overwrite)
         if Path(args.json).resolve() == out.resolve():
             raise InputError(f"--json {args.json}: the same file as --out")
@@ -170,7 +186,7 @@ def _proposals(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     drawn = draw_boxes(image, boxes[:top], width=1)
     atomic_write(out, lambda tmp: drawn.save(tmp, format="PNG"))
-    if args.json:
+    if args.json is not None:
         atomic_write_json(args.json, [[round(v, 1) for v in b] for b in boxes.tolist()], indent=None)
     print(f"wrote {out}")
     return 0
@@ -196,7 +212,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="proposals.png", help="the picture (default: proposals.png)")
     p.add_argument("--mode", choices=("single", "fast", "quality"), default="fast")
     p.add_argument("--top", type=int, default=50, help="draw the best-ranked N (default 50)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the ranking")
+    p.add_argument("--seed", type=seed_type, default=0, help="seed of the ranking")
     p.add_argument("--json", help="also write every proposal to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace existing --out and --json files")
     p.set_defaults(handler=_proposals)

@@ -216,8 +216,10 @@ def _evaluate(args) -> int:
 
     _check_positive("--batch-size", args.batch_size)
     _check_positive("--limit", args.limit)
-    if args.json:
+    if args.json is not None:
         check_output_file(args.json, "--json", overwrite=args.overwrite)
+    elif args.overwrite:
+        raise InputError("--overwrite replaces an existing --json file; without --json nothing is written")
     found = evaluate_checkpoint(args.checkpoint, tag=args.which, split=args.split, data=args.data, limit=args.limit,
                                 batch_size=args.batch_size, device=args.device)  # fmt: skip
     record, metrics = found.record, found.metrics
@@ -230,7 +232,7 @@ def _evaluate(args) -> int:
         print("per class: " + ", ".join(f"{name} {r:.3f}" for name, r in zip(record.classes, recall, strict=True)))
     for line in metric_lines(record.task, args.split, metrics):
         print(line)
-    if args.json:
+    if args.json is not None:
         atomic_write_json(args.json, {"checkpoint": str(args.checkpoint), "split": args.split, "data": found.data,
                                       "items": found.items, "metrics": metrics})  # fmt: skip
         print(f"wrote {args.json}")
@@ -262,12 +264,13 @@ def _predict(args) -> int:
 
     _check_positive("--top-k", args.top_k)
     model, record = _load_image_model(args, "predict")
-    if args.overlay and record.task != "segmentation":
-        raise InputError(f"--overlay: colours a segmentation mask over its image; {args.checkpoint} is a "
-                         f"{record.task} run")  # fmt: skip
-    out_dir = Path(args.out_dir)
+    _refuse_foreign(record, "segmentation", {"--out-dir": args.out_dir, "--overwrite": args.overwrite or None,
+                                             "--overlay": args.overlay or None})  # fmt: skip
+    _refuse_foreign(record, "classification", {"--top-k": args.top_k})
+    top_k = 3 if args.top_k is None else args.top_k
+    out_dir = Path("predictions" if args.out_dir is None else args.out_dir)
     if record.task == "segmentation":
-        check_output_dir(out_dir, "--out-dir")
+        check_output_dir("predictions" if args.out_dir is None else args.out_dir, "--out-dir")
         targets = [out_dir / f"{Path(name).stem}.mask.png" for name in args.images]
         _distinct(targets, args.images, "--out-dir")
         overlays = [out_dir / f"{Path(name).stem}.overlay.png" for name in args.images] if args.overlay else []
@@ -295,10 +298,17 @@ def _predict(args) -> int:
         else:
             with torch.no_grad():
                 probs = model(x).float().softmax(1)[0].cpu()
-            top = probs.topk(min(args.top_k, probs.numel()))
+            top = probs.topk(min(top_k, probs.numel()))
             ranked = ", ".join(f"{record.classes[i]} {p:.4f}" for p, i in zip(top.values, top.indices, strict=True))
             print(f"{name}: {ranked}")
     return 0
+
+
+def _refuse_foreign(record, task: str, options: dict) -> None:
+    """Refuse the options (given: not ``None``) that only apply to checkpoints of ``task``."""
+    given = [name for name, value in options.items() if value is not None]
+    if given and record.task != task:
+        raise InputError(f"{given[0]} applies to {task} checkpoints; this one is a {record.task} run")
 
 
 def _distinct(targets: list[Path], sources: list[str], option: str) -> None:
@@ -320,7 +330,7 @@ def _read_image(name: str, spec, *, resize: bool = True):
     try:
         with Image.open(name) as im:
             image = im.convert("RGB" if spec.in_channels == 3 else "L")
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise InputError(f"IMAGE {name}: not a readable image ({err})") from None
     x = v2.functional.to_dtype(v2.functional.to_image(image), torch.float32, scale=True)
     if resize:
@@ -339,6 +349,8 @@ def _export(args) -> int:
     if not ONNX_OPSETS[0] <= args.opset <= ONNX_OPSETS[1]:
         raise InputError(f"--opset must be in {ONNX_OPSETS[0]}..{ONNX_OPSETS[1]}, got {args.opset}")
     out = check_output_file(args.onnx, "--onnx", overwrite=args.overwrite)
+    if out.suffix.lower() != ".onnx":
+        raise InputError(f"--onnx {out}: the name must end in .onnx, got {out.suffix!r}")
     model, record = _load_image_model(args, "export")
     diff = []
     atomic_write(out, lambda tmp: diff.append(_export_onnx(model, record, tmp, args.opset)))
@@ -433,11 +445,11 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint's JSON")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--which", choices=("best", "last"))
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--out-dir", default="predictions", help="segmentation: where the mask PNGs go")
+    p.add_argument("--top-k", type=int, help="classification: the classes shown per image (default 3)")
+    p.add_argument("--out-dir", help="segmentation: where the mask PNGs go (default predictions)")
     p.add_argument("--overlay", action="store_true", help="segmentation: also write IMAGE.overlay.png, the classes "
                    "coloured over the image")  # fmt: skip
-    p.add_argument("--overwrite", action="store_true", help="replace existing mask PNGs")
+    p.add_argument("--overwrite", action="store_true", help="segmentation: replace existing mask and overlay PNGs")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(handler=_predict)
 

@@ -35,8 +35,11 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
 
 
 def _read_image(path: Path) -> Tensor:
-    with Image.open(path) as im:
-        array = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            array = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+        raise ValueError(f"image {path}: not a picture Pillow can read ({err})") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
 
 

@@ -238,6 +238,8 @@ def load_tsv(path: str | os.PathLike, *, classes: Sequence[str] | None = None, l
         raise FileNotFoundError(f"tsv file {path} does not exist")
     if path.is_dir():
         raise IsADirectoryError(f"tsv file {path} is a folder; give the file of label<TAB>text lines")
+    if not path.is_file():  # a pipe or a device would be read until it closes, perhaps never
+        raise ValueError(f"tsv file {path} is not a regular file (a pipe or a device); give the file itself")
     limit = check_limit(limit)
     if classes is not None:
         classes = _check_classes(classes, f"{path}: classes")

@@ -72,7 +72,9 @@ class AnchorGenerator(nn.Module):
                 raise ValueError(f"AnchorGenerator: sizes and aspect_ratios must be positive, non-empty; got {level}")
         self.sizes, self.aspect_ratios = sizes, aspect_ratios
         self.cell_anchors = [self._cell_anchors(s, r) for s, r in zip(sizes, aspect_ratios, strict=True)]
-        self.shapes = [[(x2 - x1, y2 - y1) for x1, y1, x2, y2 in cell.tolist()] for cell in self.cell_anchors]
+        # from the numbers, not the tensors: under `with torch.device("meta")` the tensors hold no data
+        self.shapes = [[(s / math.sqrt(r), s * math.sqrt(r)) for r in ratios for s in level_sizes]
+                       for level_sizes, ratios in zip(sizes, aspect_ratios, strict=True)]  # fmt: skip
 
     @staticmethod
     def _cell_anchors(sizes: tuple[float, ...], ratios: tuple[float, ...]) -> Tensor:

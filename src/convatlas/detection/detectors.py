@@ -27,6 +27,7 @@ from convatlas.detection.anchors import AnchorGenerator
 from convatlas.detection.heads import RoIHeads, RoIPoolFeatures, WarpFeatures
 from convatlas.detection.proposals import selective_search
 from convatlas.detection.rpn import RegionProposalNetwork
+from convatlas.errors import InputTypeError
 from convatlas.models.registry import create_model, model_info, register_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -50,7 +51,7 @@ class Backbone(nn.Module):
         super().__init__()
         info = getattr(model, "feature_info", None)
         if not info or not hasattr(model, "forward_stages"):
-            raise TypeError(f"Backbone: {type(model).__name__} lacks feature_info/forward_stages; use a zoo model")
+            raise InputTypeError(f"Backbone: {type(model).__name__} lacks feature_info/forward_stages; use a zoo model")
         if stages is None:
             if fpn:
                 stages = [i for i, f in enumerate(info) if 4 <= f["reduction"] <= 32]
@@ -218,7 +219,7 @@ class RCNN(_ExternalProposals):
 
     def __init__(self, *, proposer: nn.Module, roi_heads: RoIHeads, **kwargs):
         if not isinstance(roi_heads.box_features, WarpFeatures):
-            raise TypeError("RCNN: roi_heads.box_features must be WarpFeatures (a CNN pass per warped proposal)")
+            raise InputTypeError("RCNN: roi_heads.box_features must be WarpFeatures (a CNN pass per warped proposal)")
         super().__init__(backbone=None, proposer=proposer, roi_heads=roi_heads, **kwargs)
 
 
@@ -263,8 +264,15 @@ class FasterRCNN(TwoStageDetector):
 
 
 def _backbone_model(name: str, kwargs: dict | None) -> nn.Module:
+    try:
+        model_info(name)
+    except ValueError as err:
+        raise ValueError(f"backbone {name!r}: {err}") from None
     if model_info(name).task not in ("classification",):
         raise ValueError(f"backbone {name!r} is a {model_info(name).task} model; use an image classifier of the zoo")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise InputTypeError(f"backbone_kwargs must be a dict of keywords for {name}, got {type(kwargs).__name__} "
+                             f"{kwargs!r}")  # fmt: skip
     model = create_model(name, **(kwargs or {}))
     if not getattr(model, "feature_info", None):
         raise ValueError(f"backbone {name!r} declares no feature_info")

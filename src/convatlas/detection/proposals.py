@@ -373,6 +373,8 @@ def selective_search(
         raise ValueError("selective_search: strategies must not be empty")
     if max_proposals is not None and max_proposals < 1:
         raise ValueError(f"selective_search: max_proposals must be >= 1, got {max_proposals}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"selective_search: seed must be an int >= 0, got {seed!r}")
     lib = native_library(backend, "selective_search")
     rgb = _to_hwc_float(image)
     rng = np.random.default_rng(seed)

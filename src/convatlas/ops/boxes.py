@@ -6,8 +6,10 @@ Argument order and semantics follow ``torchvision.ops`` so the two can be swappe
 Precision: integer boxes are upcast to int64 before products (areas cannot overflow); float16/bfloat16 boxes are
 computed in float32 (an fp16 box of 400 x 400 pixels already overflows fp16's 65504 as an area), also under
 ``torch.autocast``, which changes none of these results. Every operator here is a ``torch.fx`` leaf
-(:func:`convatlas.ops.tracing.fx_leaf`). ``nms``, ``batched_nms`` and ``soft_nms`` take
-``backend="auto" | "c" | "torch"`` (:mod:`convatlas.ops.backend`).
+(:func:`convatlas.ops.tracing.fx_leaf`) and compiles with ``torch.jit.script``: each public function is a typed wrapper
+in TorchScript's subset, and its work a Python function marked ``@torch.jit.ignore`` that the compiled code calls back
+(so a scripted one runs in a Python process and cannot be saved with ``torch.jit.save``; see :mod:`convatlas.ops`).
+``nms``, ``batched_nms`` and ``soft_nms`` take ``backend="auto" | "c" | "torch"`` (:mod:`convatlas.ops.backend`).
 
 Box coding (R-CNN, Girshick et al. 2014, appendix C) with proposal ``p`` and ground truth ``g`` given as centre,
 width and height, and weights ``(w_x, w_y, w_w, w_h)``::
@@ -16,8 +18,6 @@ width and height, and weights ``(w_x, w_y, w_w, w_h)``::
     b_x = p_x + p_w t_x / w_x          b_w = p_w exp(min(t_w / w_w, clamp))
 """
 
-from __future__ import annotations
-
 import math
 import numbers
 from collections.abc import Sequence
@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from convatlas.errors import InputTypeError
 from convatlas.ops.backend import resolve
 from convatlas.ops.kernels import nms as _nms_kernels
 from convatlas.ops.tracing import fx_leaf
@@ -49,7 +50,7 @@ DEFAULT_BBOX_CLIP = math.log(1000.0 / 16)
 
 def _check_boxes(boxes: Tensor, name: str = "boxes", batched: bool = False) -> None:
     if not isinstance(boxes, Tensor):
-        raise TypeError(f"{name} must be a Tensor, got {type(boxes).__name__}")
+        raise InputTypeError(f"{name} must be a Tensor, got {type(boxes).__name__}")
     if batched:
         if boxes.dim() < 1 or boxes.shape[-1] != 4:
             raise ValueError(f"{name} must have shape [..., 4], got {tuple(boxes.shape)}")
@@ -85,6 +86,11 @@ def box_area(boxes: Tensor, fmt: str = "xyxy") -> Tensor:
     Returns:
         Tensor[...]: ``(x2 - x1) * (y2 - y1)`` (``w * h``); int64 for integer boxes, float32 for float16/bfloat16.
     """
+    return _box_area(boxes, fmt)
+
+
+@torch.jit.ignore
+def _box_area(boxes: Tensor, fmt: str) -> Tensor:
     _check_boxes(boxes, batched=True)
     _check_fmt(fmt)
     boxes = _upcast(boxes)
@@ -124,7 +130,7 @@ def _iou_inputs(boxes1: Tensor, boxes2: Tensor, fmt: str) -> tuple[Tensor, Tenso
 
 
 @fx_leaf
-def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", *, chunk_elems: int = 1 << 22) -> Tensor:
+def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", chunk_elems: int = 1 << 22) -> Tensor:
     """Intersection over union of every pair of boxes.
 
     The full matrix is returned, as torchvision does, but it is built in row chunks so the temporary tensors never
@@ -141,6 +147,11 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", *, chunk_elems: i
     Returns:
         Tensor[..., N, M]: IoU in float32 (float64 for float64 boxes); NaN where both boxes have zero area.
     """
+    return _box_iou(boxes1, boxes2, fmt, chunk_elems)
+
+
+@torch.jit.ignore
+def _box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str, chunk_elems: int) -> Tensor:
     b1, area1, b2, area2, dtype = _iou_inputs(boxes1, boxes2, fmt)
     n, m = b1.shape[-2], b2.shape[-2]
     lead = torch.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])
@@ -153,7 +164,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy", *, chunk_elems: i
 
 
 @fx_leaf
-def box_iou_max(boxes1: Tensor, boxes2: Tensor, *, chunk_elems: int = 1 << 22) -> tuple[Tensor, Tensor]:
+def box_iou_max(boxes1: Tensor, boxes2: Tensor, chunk_elems: int = 1 << 22) -> tuple[Tensor, Tensor]:
     """For each box of ``boxes1``, its best IoU over ``boxes2`` and where it was found, in bounded memory.
 
     Equal to ``box_iou(boxes1, boxes2).max(dim=1)`` (first index on ties) without building the ``N x M`` matrix:
@@ -167,6 +178,11 @@ def box_iou_max(boxes1: Tensor, boxes2: Tensor, *, chunk_elems: int = 1 << 22) -
     Returns:
         (Tensor[N], Tensor[N]): the maximum IoU and the int64 index into ``boxes2``.
     """
+    return _box_iou_max(boxes1, boxes2, chunk_elems)
+
+
+@torch.jit.ignore
+def _box_iou_max(boxes1: Tensor, boxes2: Tensor, chunk_elems: int) -> tuple[Tensor, Tensor]:
     _check_boxes(boxes1, "boxes1")
     _check_boxes(boxes2, "boxes2")
     if len(boxes2) == 0:
@@ -199,6 +215,11 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     Returns:
         Tensor[..., 4]: boxes in ``out_fmt``; the input's dtype, or float32 for integer boxes to or from ``"cxcywh"``.
     """
+    return _box_convert(boxes, in_fmt, out_fmt)
+
+
+@torch.jit.ignore
+def _box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     _check_boxes(boxes, batched=True)
     _check_fmt(in_fmt, "in_fmt")
     _check_fmt(out_fmt, "out_fmt")
@@ -219,16 +240,21 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
 
 
 @fx_leaf
-def clip_boxes(boxes: Tensor, size: Sequence[int]) -> Tensor:
+def clip_boxes(boxes: Tensor, size: list[int]) -> Tensor:
     """Clip boxes to an image of ``size = (height, width)``: x to ``[0, width]``, y to ``[0, height]``.
 
     Args:
         boxes (Tensor[..., 4]): (x1, y1, x2, y2).
-        size: ``(height, width)`` of the image.
+        size: ``(height, width)`` of the image (a sequence of two ints).
 
     Returns:
         Tensor[..., 4]: the clipped boxes.
     """
+    return _clip_boxes(boxes, size)
+
+
+@torch.jit.ignore
+def _clip_boxes(boxes: Tensor, size: list[int]) -> Tensor:
     _check_boxes(boxes, batched=True)
     if len(size) != 2:
         raise ValueError(f"size must be (height, width), got {tuple(size)!r}")
@@ -251,6 +277,11 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     Returns:
         Tensor[K]: int64 indices of the boxes kept, increasing.
     """
+    return _remove_small_boxes(boxes, min_size)
+
+
+@torch.jit.ignore
+def _remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     _check_boxes(boxes)
     w = boxes[:, 2] - boxes[:, 0]
     h = boxes[:, 3] - boxes[:, 1]
@@ -273,7 +304,9 @@ def _centre_size(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 @fx_leaf
-def encode_boxes(boxes: Tensor, proposals: Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> Tensor:
+def encode_boxes(
+    boxes: Tensor, proposals: Tensor, weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+) -> Tensor:
     """R-CNN regression targets that turn ``proposals`` into ``boxes``.
 
     ``t_x = w_x (g_x - p_x) / p_w``, ``t_y = w_y (g_y - p_y) / p_h``, ``t_w = w_w log(g_w / p_w)``,
@@ -287,8 +320,14 @@ def encode_boxes(boxes: Tensor, proposals: Tensor, weights: Sequence[float] = (1
     Returns:
         Tensor[..., 4]: ``(t_x, t_y, t_w, t_h)``, float32 for non-float64 inputs.
     """
+    return _encode_boxes(boxes, proposals, weights)
+
+
+@torch.jit.ignore
+def _encode_boxes(boxes: Tensor, proposals: Tensor, weights: tuple[float, float, float, float]) -> Tensor:
     _check_boxes(boxes, batched=True)
     _check_boxes(proposals, "proposals", batched=True)
+    _check_broadcast(boxes, proposals, "boxes")
     wx, wy, ww, wh = _check_weights(weights)
     gx, gy, gw, gh = _centre_size(_float(boxes))
     px, py, pw, ph = _centre_size(_float(proposals))
@@ -301,7 +340,7 @@ def encode_boxes(boxes: Tensor, proposals: Tensor, weights: Sequence[float] = (1
 def decode_boxes(
     deltas: Tensor,
     proposals: Tensor,
-    weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
     clamp: float = DEFAULT_BBOX_CLIP,
 ) -> Tensor:
     """Apply R-CNN regression ``deltas`` to ``proposals``: the inverse of :func:`encode_boxes`.
@@ -318,8 +357,16 @@ def decode_boxes(
     Returns:
         Tensor[..., 4]: decoded boxes (x1, y1, x2, y2), float32 for non-float64 inputs.
     """
+    return _decode_boxes(deltas, proposals, weights, clamp)
+
+
+@torch.jit.ignore
+def _decode_boxes(
+    deltas: Tensor, proposals: Tensor, weights: tuple[float, float, float, float], clamp: float
+) -> Tensor:
     _check_boxes(deltas, "deltas", batched=True)
     _check_boxes(proposals, "proposals", batched=True)
+    _check_broadcast(deltas, proposals, "deltas")
     wx, wy, ww, wh = _check_weights(weights)
     px, py, pw, ph = _centre_size(_float(proposals))
     deltas = _float(deltas)
@@ -331,22 +378,32 @@ def decode_boxes(
     return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=-1)
 
 
+def _check_broadcast(a: Tensor, proposals: Tensor, name: str) -> None:
+    try:
+        torch.broadcast_shapes(a.shape, proposals.shape)
+    except RuntimeError:
+        raise ValueError(f"{name} {tuple(a.shape)} and proposals {tuple(proposals.shape)} must have the same shape "
+                         "(or broadcast)") from None  # fmt: skip
+
+
 def _check_nms_inputs(boxes: Tensor, scores: Tensor, iou_threshold: float) -> None:
     _check_boxes(boxes)
     if not isinstance(scores, Tensor):
-        raise TypeError(f"scores must be a Tensor, got {type(scores).__name__}")
+        raise InputTypeError(f"scores must be a Tensor, got {type(scores).__name__}")
     if scores.dim() != 1 or len(scores) != len(boxes):
         raise ValueError(f"scores must have shape [N] with N = len(boxes) = {len(boxes)}, got {tuple(scores.shape)}")
     if not boxes.is_floating_point():
-        raise TypeError(f"boxes must be floating point for NMS, got {boxes.dtype}")
+        raise InputTypeError(f"boxes must be floating point for NMS, got {boxes.dtype}")
     if scores.device != boxes.device:
         raise ValueError(f"scores are on {scores.device} but boxes on {boxes.device}")
     if not isinstance(iou_threshold, numbers.Real):
-        raise TypeError(f"iou_threshold must be a number, got {type(iou_threshold).__name__}")
+        raise InputTypeError(f"iou_threshold must be a number, got {type(iou_threshold).__name__}")
+    if math.isnan(iou_threshold):
+        raise ValueError("iou_threshold must be a number, got nan")
 
 
 @fx_leaf
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, backend: str = "auto") -> Tensor:
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str = "auto") -> Tensor:
     """Greedy non-maximum suppression.
 
     Visit boxes by decreasing score (ties: lower index first); keep a box unless its IoU with an already kept box is
@@ -364,13 +421,18 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, backend: str = "
     Returns:
         Tensor[K]: int64 indices of the kept boxes, sorted by decreasing score.
     """
+    return _nms(boxes, scores, iou_threshold, backend)
+
+
+@torch.jit.ignore
+def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str) -> Tensor:
     _check_nms_inputs(boxes, scores, iou_threshold)
     which = resolve("nms", backend, boxes.device)
     return _nms_kernels.nms(_float(boxes), scores, float(iou_threshold), which)
 
 
 @fx_leaf
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, *, backend: str = "auto") -> Tensor:
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, backend: str = "auto") -> Tensor:
     """Non-maximum suppression run independently per category: boxes with different ``idxs`` never suppress each other.
 
     Exact per category (no coordinate-offset trick, so no rounding of shifted coordinates). As in torchvision, an
@@ -386,15 +448,20 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     Returns:
         Tensor[K]: int64 indices of the kept boxes, sorted by decreasing score (ties: lower index first).
     """
+    return _batched_nms(boxes, scores, idxs, iou_threshold, backend)
+
+
+@torch.jit.ignore
+def _batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, backend: str) -> Tensor:
     if isinstance(boxes, Tensor) and boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     _check_nms_inputs(boxes, scores, iou_threshold)
     if not isinstance(idxs, Tensor):
-        raise TypeError(f"idxs must be a Tensor, got {type(idxs).__name__}")
+        raise InputTypeError(f"idxs must be a Tensor, got {type(idxs).__name__}")
     if idxs.shape != scores.shape:
         raise ValueError(f"idxs must have shape [N] with N = {len(boxes)}, got {tuple(idxs.shape)}")
     if idxs.is_floating_point() or idxs.is_complex():
-        raise TypeError(f"idxs must be an integer tensor, got {idxs.dtype}")
+        raise InputTypeError(f"idxs must be an integer tensor, got {idxs.dtype}")
     which = resolve("batched_nms", backend, boxes.device)
     return _nms_kernels.batched_nms(_float(boxes), scores, idxs.long(), float(iou_threshold), which)
 
@@ -403,7 +470,6 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 def soft_nms(
     boxes: Tensor,
     scores: Tensor,
-    *,
     method: str = "gaussian",
     sigma: float = 0.5,
     iou_threshold: float = 0.3,
@@ -431,6 +497,13 @@ def soft_nms(
         (Tensor[K], Tensor[K]): int64 indices of the kept boxes in selection order and their decayed scores
         (float64 when boxes or scores are float64 or scores are integers, else float32).
     """
+    return _soft_nms(boxes, scores, method, sigma, iou_threshold, score_threshold, backend)
+
+
+@torch.jit.ignore
+def _soft_nms(
+    boxes: Tensor, scores: Tensor, method: str, sigma: float, iou_threshold: float, score_threshold: float, backend: str
+) -> tuple[Tensor, Tensor]:
     _check_nms_inputs(boxes, scores, iou_threshold)
     if method not in ("linear", "gaussian"):
         raise ValueError(f"method must be 'linear' or 'gaussian', got {method!r}")

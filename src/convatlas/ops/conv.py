@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from convatlas import arithmetic
+from convatlas.errors import InputTypeError
 
 __all__ = [
     "conv1d",
@@ -50,7 +51,7 @@ def _per_dim(value, nd: int, name: str, minimum: int, where: str) -> tuple[int, 
         raise ValueError(f"{where}: {name} must be an int or {nd} ints, got {value!r}")
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{where}: {name} must contain integers, got {value!r}")
+            raise InputTypeError(f"{where}: {name} must contain integers, got {value!r}")
         if v < minimum:
             raise ValueError(f"{where}: {name} must be >= {minimum}, got {value!r}")
     return values
@@ -83,7 +84,7 @@ def _check_tensors(input: Tensor, weight: Tensor, bias: Tensor | None, nd: int, 
     """Validate ranks and return the input with a batch dimension."""
     for name, t in (("input", input), ("weight", weight)):
         if not isinstance(t, Tensor):
-            raise TypeError(f"{where}: {name} must be a Tensor, got {type(t).__name__}")
+            raise InputTypeError(f"{where}: {name} must be a Tensor, got {type(t).__name__}")
     if input.dim() not in (nd + 1, nd + 2):
         raise ValueError(
             f"{where}: input must be Tensor[N, C, {'L' if nd == 1 else 'H, W'}] or unbatched, got shape "
@@ -93,9 +94,11 @@ def _check_tensors(input: Tensor, weight: Tensor, bias: Tensor | None, nd: int, 
         raise ValueError(f"{where}: weight must have {nd + 2} dimensions, got shape {tuple(weight.shape)}")
     if bias is not None and (not isinstance(bias, Tensor) or bias.dim() != 1):
         raise ValueError(f"{where}: bias must be a 1-D Tensor, got {getattr(bias, 'shape', bias)!r}")
+    if not input.is_floating_point():
+        raise InputTypeError(f"{where}: input must be floating point (as in torch.nn.functional), got {input.dtype}")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and (t.dtype != input.dtype or t.device != input.device):
-            raise TypeError(
+            raise InputTypeError(
                 f"{where}: {name} is {t.dtype} on {t.device} but input is {input.dtype} on {input.device}; "
                 f"they must match"
             )
@@ -482,7 +485,7 @@ def pointwise_conv(input: Tensor, weight: Tensor, bias: Tensor | None = None, *,
     """
     where = "pointwise_conv"
     if not isinstance(input, Tensor) or not isinstance(weight, Tensor):
-        raise TypeError(f"{where}: input and weight must be Tensors")
+        raise InputTypeError(f"{where}: input and weight must be Tensors")
     if input.dim() < 2:
         raise ValueError(f"{where}: input must be Tensor[N, C, ...], got shape {tuple(input.shape)}")
     if weight.dim() < 2 or any(k != 1 for k in weight.shape[2:]):
@@ -528,7 +531,7 @@ def depthwise_conv(
     """
     where = "depthwise_conv"
     if not isinstance(input, Tensor) or not isinstance(weight, Tensor):
-        raise TypeError(f"{where}: input and weight must be Tensors")
+        raise InputTypeError(f"{where}: input and weight must be Tensors")
     if weight.dim() < 3 or weight.shape[1] != 1:
         raise ValueError(f"{where}: weight must be Tensor[C*m, 1, *kernel], got {tuple(weight.shape)}")
     nd = weight.dim() - 2

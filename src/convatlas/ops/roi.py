@@ -16,7 +16,10 @@ PyTorch path that keeps the first strict maximum of each bin and gathers the out
 
 float16/bfloat16 inputs are computed in float32 and cast back, also under ``torch.autocast`` (CPU and CUDA), as
 torchvision does: the output has the input's dtype. Boxes may be any real dtype (integer boxes too); they get no
-gradient, as in torchvision, and must be finite. The operators are ``torch.fx`` leaves.
+gradient, as in torchvision, and must be finite. The operators are ``torch.fx`` leaves and compile with
+``torch.jit.script`` (alone or inside a scripted module, with torchvision's argument types): the compiled code calls
+back into the Python implementation, so it runs in a Python process and cannot be saved with ``torch.jit.save``
+(see :mod:`convatlas.ops`).
 
 RoI align (He et al. 2017): the box ``[x1 s - o, x2 s - o]`` (``o = 0.5`` when ``aligned``, else the width is at
 least 1) is cut into ``PH x PW`` bins; each bin averages ``g_h x g_w`` bilinear samples at
@@ -31,14 +34,14 @@ covers rows ``floor(i h / PH) .. ceil((i + 1) h / PH) - 1``, and the output is t
 empty bin); the gradient goes to the position of the maximum.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.jit.annotations import BroadcastingList2
 
+from convatlas.errors import InputTypeError
 from convatlas.ops.backend import resolve
 from convatlas.ops.kernels import roi_align_triton as _roi_align_triton
 from convatlas.ops.kernels import roi_pool as _roi_pool_kernel
@@ -71,7 +74,7 @@ def boxes_to_rois(boxes: Tensor | Sequence[Tensor], dtype: torch.dtype | None = 
             )
         return boxes if dtype is None else boxes.to(dtype)
     if not isinstance(boxes, list | tuple) or not all(isinstance(b, Tensor) for b in boxes):
-        raise TypeError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}")
+        raise InputTypeError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}")
     for i, b in enumerate(boxes):
         if b.dim() != 2 or b.shape[1] != 4:
             raise ValueError(f"boxes[{i}] must have shape [L, 4], got {tuple(b.shape)}")
@@ -93,11 +96,11 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 
 def _prepare(input: Tensor, boxes: Tensor | Sequence[Tensor], output_size, spatial_scale: float, op: str):
     if not isinstance(input, Tensor):
-        raise TypeError(f"{op}: input must be a Tensor, got {type(input).__name__}")
+        raise InputTypeError(f"{op}: input must be a Tensor, got {type(input).__name__}")
     if input.dim() != 4:
         raise ValueError(f"{op}: input must have shape [N, C, H, W], got {tuple(input.shape)}")
     if not input.is_floating_point():
-        raise TypeError(f"{op}: input must be floating point, got {input.dtype}")
+        raise InputTypeError(f"{op}: input must be floating point, got {input.dtype}")
     if not spatial_scale > 0:
         raise ValueError(f"{op}: spatial_scale must be > 0, got {spatial_scale}")
     ph, pw = _pair(output_size, "output_size")
@@ -346,12 +349,11 @@ def _roi_align_sparse(
 @fx_leaf
 def roi_align(
     input: Tensor,
-    boxes: Tensor | Sequence[Tensor],
-    output_size: int | Sequence[int],
+    boxes: Tensor | list[Tensor],
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
-    *,
     backend: str = "auto",
 ) -> Tensor:
     """RoI align: average of bilinear samples in each bin of each box (Mask R-CNN).
@@ -372,6 +374,19 @@ def roi_align(
     Returns:
         Tensor[K, C, PH, PW]: pooled features, dtype of ``input``.
     """
+    return _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, backend)
+
+
+@torch.jit.ignore
+def _roi_align(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: list[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    backend: str,
+) -> Tensor:
     flat, rois, ph, pw, compute = _prepare(input, boxes, output_size, spatial_scale, "roi_align")
     n, c, h, w = input.shape
     k = len(rois)
@@ -417,10 +432,9 @@ def _round_half_away(x: Tensor) -> Tensor:
 @fx_leaf
 def roi_pool(
     input: Tensor,
-    boxes: Tensor | Sequence[Tensor],
-    output_size: int | Sequence[int],
+    boxes: Tensor | list[Tensor],
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
-    *,
     backend: str = "auto",
 ) -> Tensor:
     """RoI max pooling over quantised bins (Fast R-CNN).
@@ -437,6 +451,13 @@ def roi_pool(
     Returns:
         Tensor[K, C, PH, PW]: the maximum of each bin (0 for a bin that falls outside the map), dtype of ``input``.
     """
+    return _roi_pool(input, boxes, output_size, spatial_scale, backend)
+
+
+@torch.jit.ignore
+def _roi_pool(
+    input: Tensor, boxes: Tensor | list[Tensor], output_size: list[int], spatial_scale: float, backend: str
+) -> Tensor:
     flat, rois, ph, pw, compute = _prepare(input, boxes, output_size, spatial_scale, "roi_pool")
     n, c, h, w = input.shape
     k = len(rois)
@@ -519,15 +540,17 @@ def _roi_pool_bins(
     return torch.where(arg >= 0, picked, fill)
 
 
-def infer_scale(feature_size: Sequence[int], image_size: Sequence[int]) -> float:
+def infer_scale(feature_size: list[int], image_size: list[int]) -> float:
     """The power of two closest to ``feature_size / image_size`` (heights), e.g. 0.25 for a stride-4 map.
+
+    Written in TorchScript's subset (scripted modules call it compiled).
 
     Args:
         feature_size: ``(H, W)`` of the feature map.
         image_size: ``(height, width)`` of the (padded) input image.
     """
     approx = float(feature_size[0]) / float(image_size[0])
-    return 2.0 ** round(math.log2(approx))
+    return 2.0 ** float(torch.tensor(approx, dtype=torch.float64).log2().round())  # TorchScript has no math.log2
 
 
 def assign_levels(
@@ -561,13 +584,12 @@ def assign_levels(
 
 @fx_leaf
 def multi_scale_roi_align(
-    features: Sequence[Tensor],
-    boxes: Sequence[Tensor],
-    output_size: int | Sequence[int],
-    *,
-    scales: Sequence[float],
+    features: list[Tensor],
+    boxes: list[Tensor],
+    output_size: BroadcastingList2[int],
+    scales: list[float],
     sampling_ratio: int = -1,
-    canonical_scale: float = 224,
+    canonical_scale: float = 224.0,
     canonical_level: int = 4,
     aligned: bool = False,
     backend: str = "auto",
@@ -588,12 +610,30 @@ def multi_scale_roi_align(
     Returns:
         Tensor[K, C, PH, PW]: pooled features in the order of the concatenated boxes, dtype of ``features[0]``.
     """
+    return _multi_scale_roi_align(
+        features, boxes, output_size, scales, sampling_ratio, canonical_scale, canonical_level, aligned, backend
+    )
+
+
+@torch.jit.ignore
+def _multi_scale_roi_align(
+    features: list[Tensor],
+    boxes: list[Tensor],
+    output_size: list[int],
+    scales: list[float],
+    sampling_ratio: int,
+    canonical_scale: float,
+    canonical_level: int,
+    aligned: bool,
+    backend: str,
+) -> Tensor:
     if len(features) == 0 or len(features) != len(scales):
         raise ValueError(
             f"features and scales must be non-empty and of equal length, got {len(features)} and {len(scales)}"
         )
     if not all(isinstance(f, Tensor) for f in features):
-        raise TypeError(f"features must be a list of Tensor[N, C, H, W], got {[type(f).__name__ for f in features]}")
+        kinds = [type(f).__name__ for f in features]
+        raise InputTypeError(f"features must be a list of Tensor[N, C, H, W], got {kinds}")
     compute = torch.float64 if features[0].dtype == torch.float64 else torch.float32
     rois = boxes_to_rois(list(boxes), compute)  # box coordinates are never rounded to float16/bfloat16
     ph, pw = _pair(output_size, "output_size")

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from convatlas.errors import InputTypeError
 from convatlas.ops.backend import resolve
 from convatlas.ops.kernels import seqconv as _kernels
 from convatlas.ops.tracing import fx_leaf
@@ -37,7 +38,7 @@ def _check_common(name: str, x: Tensor, heads: int, taps: int, padding_l: int | 
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"{name}: x must be a Tensor[B, C, T] (3 dims), got {shape}")
     if not x.is_floating_point():
-        raise TypeError(f"{name}: x must be a floating-point tensor, got {x.dtype}")
+        raise InputTypeError(f"{name}: x must be a floating-point tensor, got {x.dtype}")
     channels = x.shape[1]
     if heads < 1 or channels % heads != 0:
         raise ValueError(f"{name}: the channels C={channels} of x must be divisible by the heads H={heads} of weight")
@@ -46,7 +47,7 @@ def _check_common(name: str, x: Tensor, heads: int, taps: int, padding_l: int | 
     if padding_l is None:
         padding_l = taps // 2
     if isinstance(padding_l, bool) or not isinstance(padding_l, int):
-        raise TypeError(f"{name}: padding_l must be an int or None, got {type(padding_l).__name__}")
+        raise InputTypeError(f"{name}: padding_l must be an int or None, got {type(padding_l).__name__}")
     if not 0 <= padding_l <= taps - 1:
         raise ValueError(f"{name}: padding_l must lie in [0, K - 1] = [0, {taps - 1}] for K={taps}, got {padding_l}")
     if not 0.0 <= dropout < 1.0:

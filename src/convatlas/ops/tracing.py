@@ -6,6 +6,9 @@
   that calls it, whereas a decorated function is a leaf however it was imported. So ``symbolic_trace`` and
   ``torchvision.models.feature_extraction.create_feature_extractor`` work on models that call the operators or
   hold :class:`convatlas.nn.RoIAlign`, :class:`~convatlas.nn.RoIPool` or :class:`~convatlas.nn.MultiScaleRoIAlign`.
+- ``torch.jit.script`` compiles the undecorated function (the decorator sets ``__prepare_scriptable__``, the hook
+  TorchScript calls on what it is given or finds called), so a decorated function written in TorchScript's subset
+  scripts as if it were not decorated, directly or inside a scripted module.
 - :func:`autocast_off`: the operators compute in float32 (float64 for float64 inputs) under ``torch.autocast``, as
   torchvision's autocast kernels do, and return torchvision's output dtype; inside, autocast is switched off so that
   their matrix products are not run in bfloat16/float16.
@@ -44,7 +47,8 @@ def _find_proxy(value: Any) -> torch.fx.Proxy | None:
 
 def fx_leaf(fn: F) -> F:
     """Make ``fn`` a leaf of ``torch.fx`` traces: called with a ``Proxy`` argument, it records itself as one
-    ``call_function`` node and returns that node's proxy; called with values, it runs."""
+    ``call_function`` node and returns that node's proxy; called with values, it runs. ``torch.jit.script`` of the
+    result compiles ``fn`` itself."""
 
     @functools.wraps(fn)
     def leaf(*args: Any, **kwargs: Any) -> Any:
@@ -57,6 +61,7 @@ def fx_leaf(fn: F) -> F:
             return out
         return fn(*args, **kwargs)
 
+    leaf.__prepare_scriptable__ = lambda: fn  # type: ignore[attr-defined]
     return leaf  # type: ignore[return-value]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -31,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from convatlas.errors import InputError
+from convatlas.errors import InputError, InputTypeError
 from convatlas.files import atomic_write, atomic_write_json
 
 FORMAT = "convatlas-checkpoint"
@@ -153,7 +154,47 @@ class CheckpointRecord:
                 f"checkpoint {path}: format {found!r} version {values.get('version')!r}, expected {FORMAT!r} "
                 f"version {VERSION}"
             )
-        return _typed(cls, values, f"checkpoint {path}")
+        return _check_record(_typed(cls, values, f"checkpoint {path}"), f"checkpoint {path}")
+
+
+def _check_record(record: CheckpointRecord, where: str) -> CheckpointRecord:
+    """The rules the field types do not say, which a damaged or hand-edited record can break: a known task, class
+    names for each of the model's outputs, a configuration that :class:`TrainConfig` reads, a progress of counts, and
+    for image models the inputs they expect."""
+    from convatlas.train.config import IMAGE_TASKS, TASKS, TrainConfig
+
+    def refuse(name: str, rule: str):
+        raise CheckpointError(f"{where}: field {name!r} {rule}")
+
+    if record.task not in TASKS:
+        refuse("task", f"must be one of {', '.join(TASKS)}, got {record.task!r}")
+    if not record.classes or not all(isinstance(c, str) for c in record.classes):
+        refuse("classes", f"must be a non-empty list of class names, got {record.classes!r}")
+    outputs = record.model.kwargs.get("num_classes")
+    expected = len(record.classes) - (record.task == "detection")  # detection lists the background first
+    if outputs is not None and outputs != expected:
+        refuse("classes", f"names {len(record.classes)} classes, but the model has {outputs} outputs")
+    try:
+        TrainConfig.from_dict(record.config)
+    except (InputError, TypeError) as err:  # an unknown field, or a required one missing
+        refuse("config", f"is not a training configuration ({err})")
+    p = record.progress
+    if min(p.epoch, p.step, p.global_step, p.best_epoch) < 0 or p.world_size < 1:
+        refuse("progress", f"must hold counts >= 0 (world_size >= 1), got {p}")
+    if record.task in IMAGE_TASKS:
+        s = record.inputs
+        if s is None:
+            refuse("inputs", f"is required for a {record.task} checkpoint")
+        numbers = [*s.mean, *s.std]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+            refuse("inputs", f"mean and std must be finite numbers, got {s.mean} and {s.std}")
+        if s.in_channels < 1 or len(s.mean) != s.in_channels or len(s.std) != s.in_channels or min(s.std) <= 0:
+            refuse("inputs", f"must give in_channels >= 1 and as many mean and positive std values, got {s}")
+        size_ok = len(s.data_size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                 for v in s.data_size)  # fmt: skip
+        if not size_ok or (s.image_size is not None and s.image_size < 1):
+            refuse("inputs", f"sizes must be positive, got data_size {s.data_size} and image_size {s.image_size}")
+    return record
 
 
 def _typed(cls, values: dict, where: str):
@@ -402,6 +443,10 @@ def load_model(
         CheckpointError: for a bad checkpoint, or tensors that do not fit the recorded model.
     """
     state, record = load_checkpoint(checkpoint, tag)
-    model = build_model(record.model)
-    load_state(model, prefixed(state, "model"), resolve_checkpoint(checkpoint, tag))
+    where = resolve_checkpoint(checkpoint, tag)
+    try:
+        model = build_model(record.model)
+    except (ValueError, InputTypeError) as err:  # a record naming an unknown model or keywords it does not take
+        raise CheckpointError(f"checkpoint {where}: its model cannot be built ({err})") from None
+    load_state(model, prefixed(state, "model"), where)
     return model.to(device).eval(), record

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from convatlas.errors import InputError
+from convatlas.errors import InputError, InputTypeError
+from convatlas.utils import MAX_SEED
 
 TASKS = ("classification", "segmentation", "text", "detection")
 IMAGE_TASKS = ("classification", "segmentation")
@@ -73,6 +76,15 @@ TASK_DEFAULTS = {
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3, "adadelta": 1.0}
 TEXT_ADAMW_WEIGHT_DECAY = 0.01  # the encoders of models.lightconv train with AdamW
 DEFAULT_MAX_PROPOSALS = 300
+# Upper bounds that catch typos before they overflow torch's 64-bit arguments or exhaust the machine.
+MAX_THREADS = 1024
+MAX_WORKERS = 256
+MAX_IMAGE_SIZE = 4096
+BOOL_FIELDS = ("channels_last", "compile", "deterministic", "augment")
+# Data specs that name folders of the user's data: a run folder may not lie in them.
+FOLDER_SPECS = ("imagefolder", "segfolder", "coco", "voc")
+# Data specs that name their own files, so `data_dir` (where the installed sets are) has nothing to find for them.
+NAMED_SPECS = (*FOLDER_SPECS, "tsv")
 
 
 class ConfigError(InputError):
@@ -213,11 +225,14 @@ class TrainConfig:
         """
         from convatlas.models import model_info
 
+        if not isinstance(self.model, str):
+            raise InputTypeError(f"model must be a registered model name, got {self.model!r} "
+                                 f"({type(self.model).__name__})")  # fmt: skip
         task = model_info(self.model).task
         if self.task is not None and self.task != task:
             if self.task not in TASKS:
                 raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
-            raise ConfigError("task", f"{self.task}: {self.model} is a {task} model")
+            raise ConfigError("task", f"{self.task}, but `model` {self.model} is a {task} model")
         _refuse_foreign_fields(self, task)
         values = {k: v for k, v in TASK_DEFAULTS[task].items() if getattr(self, k) is None}
         config = dataclasses.replace(self, task=task, **values)
@@ -231,6 +246,14 @@ class TrainConfig:
 
     def check(self) -> TrainConfig:
         """Raise :class:`ConfigError` naming the field, the rule and the value for any setting out of range."""
+        if not isinstance(self.out, str | os.PathLike) or not os.fspath(self.out).strip():
+            raise ConfigError("out", f"must name the run folder, got {self.out!r}")
+        if self.data_dir is not None and (not isinstance(self.data_dir, str | os.PathLike)
+                                          or not os.fspath(self.data_dir).strip()):  # fmt: skip
+            raise ConfigError("data_dir", f"must name a folder, got {self.data_dir!r}")
+        for name in BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.model_args, dict):
             raise ConfigError("model_args", f"must be a dict of keywords, got {type(self.model_args).__name__}")
         for name, allowed in (("opt", OPTIMIZERS), ("amp", AMP_MODES), ("schedule", SCHEDULES), ("mode", TEXT_MODES),
@@ -240,8 +263,10 @@ class TrainConfig:
                 raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
         for name, ok, rule in _range_rules(self):
             value = getattr(self, name)
-            if value is not None and not ok(value):
-                raise ConfigError(name, f"must be {rule}, got {value}")
+            if (value is not None or _field_default(name) is not None) and not ok(value):
+                raise ConfigError(name, f"must be {rule}, got {value!r}")
+        if self.amp is None:
+            raise ConfigError("amp", f"must be one of {', '.join(AMP_MODES)}, got None")
         if self.momentum is not None and self.opt not in (None, "sgd"):
             raise ConfigError("momentum", f"applies to opt 'sgd' only, not {self.opt!r}")
         if self.min_lr is not None and self.lr is not None and self.min_lr > self.lr:
@@ -252,6 +277,10 @@ class TrainConfig:
             raise ConfigError("max_folds", f"must be <= folds ({self.folds}), got {self.max_folds}")
         if not isinstance(self.device, str) or not _device_form(self.device):
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        _refuse_out_in_data(self)
+        kind = self.data.partition(":")[0] if isinstance(self.data, str) else ""
+        if self.data_dir is not None and kind in NAMED_SPECS:
+            raise ConfigError("data_dir", f"does not apply to `data` {self.data}, which names its own files")
         return self
 
     def differences(self, other: TrainConfig) -> list[str]:
@@ -271,8 +300,8 @@ def _finite(low: float, *, low_open: bool = False, high: float | None = None, hi
     return ok
 
 
-def _integer(low: int):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+def _integer(low: int, high: int | None = None):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
 
 
 def _range_rules(c: TrainConfig) -> list:
@@ -287,15 +316,15 @@ def _range_rules(c: TrainConfig) -> list:
         ("min_lr", _finite(0), "a finite number >= 0"),
         ("label_smoothing", _finite(0, high=1, high_open=True), "in [0, 1)"),
         ("clip_grad", _finite(0), "a finite number >= 0 (0: off)"),
-        ("seed", _integer(0), "an integer >= 0"),
-        ("image_size", _integer(8), "an integer >= 8"),
+        ("seed", _integer(0, MAX_SEED), f"an integer in 0..{MAX_SEED}"),
+        ("image_size", _integer(8, MAX_IMAGE_SIZE), f"an integer in 8..{MAX_IMAGE_SIZE}"),
         ("limit_train", _integer(1), "an integer >= 1"),
         ("limit_test", _integer(1), "an integer >= 1"),
         ("eval_batch_size", _integer(1), "an integer >= 1"),
         ("save_every", _integer(0), "an integer >= 0 (0: at epoch ends only)"),
         ("log_every", _integer(1), "an integer >= 1"),
-        ("num_workers", _integer(0), "an integer >= 0"),
-        ("threads", _integer(0), "an integer >= 0 (0: torch's default)"),
+        ("num_workers", _integer(0, MAX_WORKERS), f"an integer in 0..{MAX_WORKERS}"),
+        ("threads", _integer(0, MAX_THREADS), f"an integer in 0..{MAX_THREADS} (0: torch's default)"),
         ("folds", _integer(2), "an integer >= 2 for cross-validation"),
         ("max_folds", _integer(1), "an integer >= 1"),
         ("dev_fraction", _finite(0, low_open=True, high=0.5, high_open=True), "in (0, 0.5)"),
@@ -314,6 +343,20 @@ def _field_default(name: str):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
+def _refuse_out_in_data(config: TrainConfig) -> None:
+    """A run folder inside a folder of the user's data would add its checkpoints and plots to that data (as images of
+    a class, or masks without a partner); refuse it."""
+    kind, _, rest = config.data.partition(":") if isinstance(config.data, str) else ("", "", "")
+    if kind not in FOLDER_SPECS or not rest:
+        return
+    out = Path(config.out).resolve()
+    for folder in rest.split(":") if kind == "segfolder" else [rest]:
+        root = Path(folder).resolve()
+        if folder and (out == root or root in out.parents):
+            raise ConfigError("out", f"{config.out} lies in the data folder {folder} of `data`; a run there would add "
+                              "its files to the data: pick a folder outside it")  # fmt: skip
+
+
 def _refuse_foreign_fields(config: TrainConfig, task: str) -> None:
     for name, tasks in APPLIES_TO.items():
         if task not in tasks and getattr(config, name) != _field_default(name):
@@ -329,7 +372,7 @@ def _model_defaults(config: TrainConfig) -> None:
             config.weight_decay = TEXT_ADAMW_WEIGHT_DECAY if config.opt == "adamw" else 0.0
     if config.task == "detection":
         if config.model in EXTERNAL_PROPOSALS:
-            config.max_proposals = config.max_proposals or DEFAULT_MAX_PROPOSALS
+            config.max_proposals = DEFAULT_MAX_PROPOSALS if config.max_proposals is None else config.max_proposals
             if config.augment:
                 raise ConfigError("augment", f"does not apply to {config.model}, which trains on the cached "
                                   "selective-search proposals of the unaugmented images")  # fmt: skip

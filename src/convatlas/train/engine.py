@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from convatlas.errors import InputError
+from convatlas.errors import InputError, InputTypeError
 from convatlas.files import atomic_write
 from convatlas.train import checkpoint as ckpt
 from convatlas.train import distributed as dist_utils
@@ -133,6 +133,8 @@ def fit(config: TrainConfig, task: Task | None = None, *, resume: bool = False, 
         TrainingDiverged: when the loss stops being finite.
         TrainingInterrupted: after SIGINT or SIGTERM (a ``last`` checkpoint was written).
     """
+    if not isinstance(config, TrainConfig):
+        raise InputTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     config = config.resolved()
     folder = RunFolder(config.out)
     folder.check(resume=resume, overwrite=overwrite)
@@ -149,6 +151,17 @@ def fit(config: TrainConfig, task: Task | None = None, *, resume: bool = False, 
                 return run.train(signals)
         finally:
             dist_utils.cleanup(info)
+
+
+def check_run(config: TrainConfig, task: Task, info: dist_utils.DistInfo) -> None:
+    """Everything :func:`fit` checks before it trains (the sizes of the splits and batches, the model and its
+    keywords), without writing anything: a caller that runs several fits (the folds of a cross-validation) checks them
+    all before it takes or clears its folder.
+
+    Args:
+        config: a resolved configuration.
+    """
+    _Run(config, task, info)
 
 
 def _saved_run(config: TrainConfig) -> tuple[dict[str, Tensor], CheckpointRecord]:
@@ -236,6 +249,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     indices = torch.arange(info.rank, task.eval_size(split), info.world_size)
+    batch_size = max(1, min(batch_size, len(indices)))  # a batch larger than the split is the whole split
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         part = task.eval_part(model, split, indices, device, batch_size)
     metrics = task.summarize(split, dist_utils.gather(part, info))
@@ -535,7 +549,8 @@ def evaluate_checkpoint(
         name = "data" if data is not None else "limit"
         raise ConfigError(name, "does not apply to a text checkpoint: its fold fixes the sentences it is scored on")
     limits = {"limit_train": limit} if split == "train" else {"limit_test": limit}
-    config = dataclasses.replace(config, data=data or config.data, **(limits if record.task != "text" else {}))
+    data = config.data if data is None else data
+    config = dataclasses.replace(config, data=data, **(limits if record.task != "text" else {}))
     task = build_task(config, fold=record.fold)
     task.use_checkpoint(record, split)
     metrics = evaluate(task, model, split, device=target, batch_size=batch_size or config.eval_batch_size

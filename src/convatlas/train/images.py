@@ -123,6 +123,13 @@ class ClassificationTask(Task):
         dataset = build_dataset(c.data, split=split, limit=limit, data_dir=c.data_dir)
         if dataset.task != self.kind:
             raise ConfigError("data", f"{c.data} is a {dataset.task} set, but {c.model} is a {self.kind} model")
+        if split == "train" and c.num_workers and hasattr(dataset, "get_batch"):
+            raise ConfigError("num_workers", f"does not apply to `data` {c.data}: it is held in memory and read a "
+                              "whole batch at a time, without a DataLoader")  # fmt: skip
+        if split == "train" and dataset.num_classes < 2:
+            names = ", ".join(map(str, dataset.classes))
+            raise ConfigError("data", f"{c.data} has {dataset.num_classes} class ({names}); a {self.kind} run needs "
+                              "at least 2")  # fmt: skip
         return dataset
 
     def dataset(self, split: str) -> Dataset:
@@ -144,6 +151,29 @@ class ClassificationTask(Task):
         fixed = {"num_classes": self.train_set.num_classes, "in_channels": self.train_set.in_channels}
         return ModelSpec(self.config.model, json_kwargs(model_keywords(self.config.model, self.config.model_args,
                                                                        fixed)))  # fmt: skip
+
+    def build_model(self) -> nn.Module:
+        """The model, after one pass on the meta device has checked that the data's inputs fit it: an image too small
+        for a layer is refused here, naming the layer, instead of failing in the first step."""
+        from convatlas.analysis.trace import run_trace
+
+        model = super().build_model()
+        c, spec = self.config, self._input_spec
+        size = (spec.in_channels, *((spec.image_size, spec.image_size) if spec.image_size else spec.data_size))
+        try:
+            trace = run_trace(model, size, fields=False)
+        except ValueError as err:
+            shown = "x".join(map(str, size))
+            raise ConfigError("data", f"{c.data}: its inputs ({shown}) do not fit {c.model} (resize them with "
+                              f"`image_size`): {err}") from None  # fmt: skip
+        if c.batch_size // c.accum_steps == 1:  # one image per micro-batch (on one process)
+            for call in trace.calls:
+                norm = isinstance(call.module, nn.modules.batchnorm._BatchNorm)
+                if norm and call.outputs and call.outputs[0][0, 0].numel() == 1:
+                    raise ConfigError("batch_size", f"{c.batch_size} with `accum_steps` {c.accum_steps} trains on one "
+                                      f"image at a time, and layer {call.path} ({type(call.module).__name__}) sees one "
+                                      "value per channel: batch norm needs more than one in training")  # fmt: skip
+        return model
 
     def input_spec(self) -> InputSpec:
         return self._input_spec

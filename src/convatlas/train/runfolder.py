@@ -17,29 +17,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 import shutil
 import signal
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from convatlas.files import check_output_dir, clean_stale_temporaries
+from convatlas.files import RUN_FILES, check_output_dir, clean_stale_temporaries, is_run_file
 from convatlas.train.config import ConfigError
 
 LOCK_NAME = ".convatlas.lock"
-RUN_FILES = (
-    "last.json",
-    "best.json",
-    "metrics.jsonl",
-    "curves.png",
-    "confusion.png",
-    "masks.png",
-    "cv_results.json",
-    "metrics.json",  # written by earlier versions of the detection loop
-    "history.json",
-)
-_RUN_PATTERN = re.compile(r"^((last|best)-\d+\.safetensors|fold-\d+)$")
 
 
 class RunFolder:
@@ -59,7 +46,7 @@ class RunFolder:
         """The names of run files in the folder, sorted."""
         if not self.path.is_dir():
             return []
-        return sorted(p.name for p in self.path.iterdir() if p.name in RUN_FILES or _RUN_PATTERN.match(p.name))
+        return sorted(p.name for p in self.path.iterdir() if is_run_file(p.name))
 
     def check(self, *, resume: bool, overwrite: bool) -> None:
         """Refuse, before anything is written, a folder that cannot take this run.

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from convatlas.data import Subset
 from convatlas.data.text import GLOVE_DIM, KIM_VECTOR_STD, TextDataset, Vocabulary, encode, load_glove, load_text
+from convatlas.errors import InputTypeError
 from convatlas.files import atomic_write_json
 from convatlas.train import distributed as dist_utils
 from convatlas.train.checkpoint import CheckpointError, ModelSpec, build_model, json_kwargs
@@ -281,8 +282,10 @@ def cross_validate(config: TrainConfig, *, resume: bool = False, overwrite: bool
         ConfigError: for bad settings, more folds than sentences, a run folder that is taken, or (on resume) a field
             that differs from the saved configuration outside :data:`CHANGEABLE_ON_RESUME`.
     """
-    from convatlas.train.engine import fit
+    from convatlas.train.engine import check_run, fit
 
+    if not isinstance(config, TrainConfig):
+        raise InputTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     config = config.resolved()
     if config.task != "text":
         raise ConfigError("model", f"{config.model} is a {config.task} model; cross-validation is for text runs")
@@ -293,11 +296,15 @@ def cross_validate(config: TrainConfig, *, resume: bool = False, overwrite: bool
     data = TextData.load(config)
     info = dist_utils.setup(config.device)
     try:
+        folds = range(1, (config.max_folds or config.folds) + 1)
+        for fold in folds:  # every fold is checked before the folder is taken (and, with `overwrite`, cleared)
+            fold_config = dataclasses.replace(config, out=str(Path(config.out) / f"fold-{fold:02d}"))
+            check_run(fold_config, TextTask(fold_config, data, fold), info)
         with hold(root, info, resume=resume, overwrite=overwrite):
             result = CVResult(config.to_dict(), list(data.dataset.classes), [], len(data.dataset), data.vocab_size,
                               data.glove_coverage)  # fmt: skip
             _write(result, root.path, info)
-            for fold in range(1, (config.max_folds or config.folds) + 1):
+            for fold in folds:
                 result.folds.append(_run_fold(fit, config, data, fold, log, info))
                 _write(result, root.path, info)
             return result

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from convatlas.errors import InputTypeError
 from convatlas.ops.kernels.triton_support import interpreting, tl, triton
 
 __all__ = ["dynamic_conv_triton", "lightweight_conv_triton"]
@@ -129,7 +130,7 @@ def _check(x: Tensor, w: Tensor, name: str) -> None:
     if not (x.is_cuda or interpreting()):
         raise ValueError(f"{name}: x is on {x.device}; the kernels need CUDA tensors (or TRITON_INTERPRET=1)")
     if w.dtype != x.dtype:
-        raise TypeError(f"{name}: weight dtype {w.dtype} must equal x dtype {x.dtype}")
+        raise InputTypeError(f"{name}: weight dtype {w.dtype} must equal x dtype {x.dtype}")
 
 
 def _block_k(taps: int) -> int:
