@@ -37,25 +37,19 @@ thread with ``--threads 1``), what a run costs on an unshared core; the machine 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import platform
 import statistics
-import tempfile
-import time
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from convatlas.detection.detectors import IMAGENET_MEAN, IMAGENET_STD, Backbone
-from convatlas.files import atomic_write_json, check_output_file
 from convatlas.models import create_model
-from convatlas.train import TrainConfig, fit
+from convatlas.train import TrainConfig
 from convatlas.train.checkpoint import ModelSpec
 from convatlas.train.detection import SMALL_OBJECT_KWARGS, DetectionTask
+from engine_runs import add_arguments, check_out, choose, machine_line, mean_spread, ratio, run_all, timed_fit
 
 # The data of each comparison: the spec (its training images make the budget) and the test images.
 DATA = {
@@ -195,21 +189,12 @@ def run(side: str, args: argparse.Namespace, seed: int, root: Path) -> dict:
     if side == "torchvision":
         task = TorchvisionTask(config.resolved())
         task.args = argparse.Namespace(**{**vars(args), "seed": seed})
-    cpu, wall = time.process_time(), time.perf_counter()
-    result = fit(config, task)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    final = {k.removeprefix("test_"): v for k, v in result.final.items()}
-    return {**final, "cpu_s": cpu, "wall_s": wall, "steps": result.global_step}
+    return timed_fit(config, task)
 
 
-def runs_folder(keep: str | None, name: str):
-    """``keep`` (the run folders stay), or a temporary folder removed afterwards."""
-    return contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix=f"convatlas-{name}-")
-
-
-def _mean_spread(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    return f"{mean:.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+def describe(r: dict) -> str:
+    return (f"VOC mAP@0.5 {r['voc_map50']:.4f} COCO mAP {r['coco_ap']:.4f} steps {r['steps']} inference "
+            f"{1000 * r['cpu_seconds_per_image']:.1f} CPU ms / image")  # fmt: skip
 
 
 def table(results: dict[str, list[dict]]) -> list[str]:
@@ -217,25 +202,22 @@ def table(results: dict[str, list[dict]]) -> list[str]:
     lines = ["| detector | VOC mAP@0.5 | COCO mAP | COCO AP50 | train CPU s | inference CPU ms / image |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for side, rows in results.items():
-        lines.append(f"| {side} | {_mean_spread([r['voc_map50'] for r in rows])} | "
-                     f"{_mean_spread([r['coco_ap'] for r in rows])} | {_mean_spread([r['coco_ap50'] for r in rows])} | "
+        lines.append(f"| {side} | {mean_spread([r['voc_map50'] for r in rows])} | "
+                     f"{mean_spread([r['coco_ap'] for r in rows])} | {mean_spread([r['coco_ap50'] for r in rows])} | "
                      f"{statistics.fmean(r['cpu_s'] for r in rows):.0f} | "
                      f"{1000 * statistics.fmean(r['cpu_seconds_per_image'] for r in rows):.1f} |")  # fmt: skip
     if {"convatlas", "torchvision"} <= set(results):
         ours, theirs = results["convatlas"], results["torchvision"]
 
-        def ratio(key: str) -> float:
-            return statistics.fmean(r[key] for r in ours) / statistics.fmean(r[key] for r in theirs)
-
         keys = ("voc_map50", "coco_ap", "coco_ap50", "cpu_s", "cpu_seconds_per_image")
-        lines.append("| ratio ours / torchvision | " + " | ".join(f"{ratio(k):.2f}" for k in keys) + " |")
+        ratios = [ratio(statistics.fmean(r[k] for r in ours), statistics.fmean(r[k] for r in theirs)) for k in keys]
+        lines.append("| ratio ours / torchvision | " + " | ".join(ratios) + " |")
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", choices=tuple(DATA), default="fashion-scenes")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--backbone", default="mobilenet_v3_small")
     parser.add_argument("--train-images", type=int, default=6000, help="training scenes or nuclei crops")
     parser.add_argument("--test-images", type=int, help="test scenes (default 200; nuclei: the held-out quadrant)")
@@ -245,41 +227,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--augment", action="store_true", help="the data's augmentation (nuclei: the U-Net paper's)")
     parser.add_argument("--c4", dest="fpn", action="store_false", help="the stride-16 map instead of the pyramid")
     parser.add_argument("--representation-size", type=int, default=256, help="the head's width with --c4")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sides", default="convatlas,torchvision", help="comma-separated: convatlas, torchvision")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    parser.add_argument("--quick", action="store_true", help="a few steps per side and one seed, to check the script")
-    parser.add_argument("--keep", help="keep the run folders (checkpoints, metrics.jsonl) in this folder")
-    parser.add_argument("--out", help="also write every run's metrics to this JSON file")
-    parser.add_argument("--overwrite", action="store_true")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.train_images, args.seeds, args.test_images = 8, args.seeds[:1], 2
-    if args.out:
-        check_output_file(args.out, "--out", overwrite=args.overwrite)
-    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    for side in sides:
-        if side not in ("convatlas", "torchvision"):
-            parser.error(f"--sides: unknown side {side!r} (convatlas, torchvision)")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load {load:.1f}; torch {torch.__version__}, torchvision {torchvision.__version__}; {args.backbone}, "
-          f"{'FPN P2-P5' if args.fpn else 'C4'}; {args.data}: {args.train_images} training images x {args.epochs} "
-          f"epochs, batch {args.batch_size}, lr {args.lr}, augment {args.augment}, seeds {args.seeds}, "
-          f"threads {args.threads}")  # fmt: skip
-    results: dict[str, list[dict]] = {side: [] for side in sides}
-    with runs_folder(args.keep, "detection") as tmp:
-        for seed in args.seeds:
-            for side in sides:
-                r = run(side, args, seed, Path(tmp))
-                results[side].append(r)
-                print(f"  seed {seed} {side:11s} VOC mAP@0.5 {r['voc_map50']:.4f} COCO mAP {r['coco_ap']:.4f} "
-                      f"steps {r['steps']} train CPU {r['cpu_s']:.0f} s (wall {r['wall_s']:.0f} s) "
-                      f"inference {1000 * r['cpu_seconds_per_image']:.1f} CPU ms / image", flush=True)  # fmt: skip
-    print()
-    print("\n".join(table(results)))
-    if args.out:
-        atomic_write_json(args.out, {"args": vars(args), "results": results})
+    check_out(args)
+    sides = choose(parser, "--sides", args.sides, ("convatlas", "torchvision"))
+    print(machine_line(f"{args.backbone}, {'FPN P2-P5' if args.fpn else 'C4'}; {args.data}: {args.train_images} "
+                       f"training images x {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, augment "
+                       f"{args.augment}, seeds {args.seeds}, threads {args.threads}"))  # fmt: skip
+    run_all(args, sides, lambda side, seed, root: run(side, args, seed, root), describe, table, "convatlas-detection")
 
 
 if __name__ == "__main__":

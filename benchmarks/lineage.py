@@ -21,22 +21,17 @@ where the classification is lost.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import tempfile
-import time
 from pathlib import Path
 
 import torch
-import torchvision
 
 from convatlas.data.detection import build_detection_dataset
 from convatlas.detection.evaluation import voc_evaluate
 from convatlas.detection.proposals import selective_search
-from convatlas.files import atomic_write_json, check_output_file
 from convatlas.ops.boxes import batched_nms
-from convatlas.train import TrainConfig, fit, load_model
+from convatlas.train import TrainConfig, load_model
+from engine_runs import add_arguments, check_out, choose, machine_line, mean_spread, run_all, timed_fit
 
 DETECTORS = {
     "rcnn": ("R-CNN", "rcnn", {}),
@@ -51,7 +46,7 @@ def config_of(name: str, args: argparse.Namespace, seed: int, out: Path) -> Trai
     _, model, model_args = DETECTORS[name]
     return TrainConfig(model=model, data=f"fashion-scenes:canvas=128,num_images={args.train_images}", out=str(out),
                        model_args=model_args, epochs=1, batch_size=4, seed=seed, limit_test=args.test_images,
-                       threads=args.threads, log_every=10**9)  # fmt: skip
+                       threads=args.threads, device=args.device, log_every=10**9)  # fmt: skip
 
 
 @torch.no_grad()
@@ -89,18 +84,10 @@ def explain(run: Path, config: TrainConfig) -> dict[str, float]:
 def run(name: str, args: argparse.Namespace, seed: int, root: Path) -> dict:
     out = root / f"{name}-{seed}"
     config = config_of(name, args, seed, out)
-    cpu, wall = time.process_time(), time.perf_counter()
-    result = fit(config)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    row = {**{k.removeprefix("test_"): v for k, v in result.final.items()}, "cpu_s": cpu, "wall_s": wall,
-           "steps": result.global_step}  # fmt: skip
+    row = timed_fit(config)
     if args.explain:
         row.update(explain(out, config))
     return row
-
-
-def _mean_spread(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
 
 
 def table(results: dict[str, list[dict]], explained: bool) -> list[str]:
@@ -112,12 +99,12 @@ def table(results: dict[str, list[dict]], explained: bool) -> list[str]:
     lines = [head, rule]
     for name, rows in results.items():
         line = (f"| {DETECTORS[name][0]} | {rows[0]['steps']} | {statistics.fmean(r['cpu_s'] for r in rows):.0f} | "
-                f"{_mean_spread([r['voc_map50'] for r in rows])} | {_mean_spread([r['coco_ap'] for r in rows])} | "
+                f"{mean_spread([r['voc_map50'] for r in rows])} | {mean_spread([r['coco_ap'] for r in rows])} | "
                 f"{1000 * statistics.fmean(r['cpu_seconds_per_image'] for r in rows):.0f} |")  # fmt: skip
         if explained:
-            line += (f" {_mean_spread([r['agnostic_ap50'] for r in rows])} | "
-                     f"{_mean_spread([r['upper_body_ap50'] for r in rows])} | "
-                     f"{_mean_spread([r['other_ap50'] for r in rows])} |")  # fmt: skip
+            line += (f" {mean_spread([r['agnostic_ap50'] for r in rows])} | "
+                     f"{mean_spread([r['upper_body_ap50'] for r in rows])} | "
+                     f"{mean_spread([r['other_ap50'] for r in rows])} |")  # fmt: skip
         lines.append(line)
     return lines
 
@@ -127,40 +114,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detectors", default=",".join(DETECTORS), help=f"comma-separated: {', '.join(DETECTORS)}")
     parser.add_argument("--train-images", type=int, default=2400, help="training scenes, seen once (batch 4)")
     parser.add_argument("--test-images", type=int, default=200)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--explain", action="store_true", help="class-agnostic and upper-body AP of each model")
-    parser.add_argument("--quick", action="store_true", help="a few steps of each and one seed")
-    parser.add_argument("--out", help="also write every run's metrics to this JSON file")
-    parser.add_argument("--overwrite", action="store_true")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.train_images, args.test_images, args.seeds = 8, 4, args.seeds[:1]
-    if args.out:
-        check_output_file(args.out, "--out", overwrite=args.overwrite)
-    names = [n.strip() for n in args.detectors.split(",") if n.strip()]
-    for n in names:
-        if n not in DETECTORS:
-            parser.error(f"--detectors: unknown {n!r} (known: {', '.join(DETECTORS)})")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load {load:.1f}; torch {torch.__version__}, torchvision {torchvision.__version__}; mobilenet_v3_small; "
-          f"fashion-scenes 128 px: {args.train_images} training scenes once, batch 4, {args.test_images} test "
-          f"scenes; seeds {args.seeds}, threads {args.threads}")  # fmt: skip
-    results: dict[str, list[dict]] = {n: [] for n in names}
-    with tempfile.TemporaryDirectory(prefix="convatlas-lineage-") as tmp:
-        for seed in args.seeds:
-            for n in names:
-                r = run(n, args, seed, Path(tmp))
-                results[n].append(r)
-                extra = (f" class-agnostic {r['agnostic_ap50']:.4f} upper-body {r['upper_body_ap50']:.4f}"
-                         if args.explain else "")  # fmt: skip
-                print(f"  seed {seed} {n:10s} VOC mAP@0.5 {r['voc_map50']:.4f} COCO mAP {r['coco_ap']:.4f} "
-                      f"CPU {r['cpu_s']:.0f} s (wall {r['wall_s']:.0f} s){extra}", flush=True)  # fmt: skip
-    print()
-    print("\n".join(table(results, args.explain)))
-    if args.out:
-        atomic_write_json(args.out, {"args": vars(args), "results": results})
+    check_out(args)
+    names = choose(parser, "--detectors", args.detectors, DETECTORS)
+    print(machine_line(f"mobilenet_v3_small; fashion-scenes 128 px: {args.train_images} training scenes once, batch "
+                       f"4, {args.test_images} test scenes; seeds {args.seeds}, threads {args.threads}"))  # fmt: skip
+
+    def describe(r: dict) -> str:
+        extra = (
+            f" class-agnostic {r['agnostic_ap50']:.4f} upper-body {r['upper_body_ap50']:.4f}" if args.explain else ""
+        )
+        return f"VOC mAP@0.5 {r['voc_map50']:.4f} COCO mAP {r['coco_ap']:.4f}{extra}"
+
+    run_all(
+        args,
+        names,
+        lambda name, seed, root: run(name, args, seed, root),
+        describe,
+        lambda results: table(results, args.explain),
+        "convatlas-lineage",
+    )
 
 
 if __name__ == "__main__":

@@ -26,22 +26,15 @@ per run, then mean and spread over the seeds and the ratio to ``smp`` (foregroun
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import platform
 import statistics
-import tempfile
-import time
 from pathlib import Path
 
-import torch
-import torchvision
 from torch import nn
 
-from convatlas.files import atomic_write_json, check_output_file
-from convatlas.train import TrainConfig, fit
+from convatlas.train import TrainConfig
 from convatlas.train.checkpoint import ModelSpec
 from convatlas.train.images import SegmentationTask
+from engine_runs import add_arguments, check_out, choose, machine_line, mean_spread, ratio, run_all, timed_fit
 
 SIDES = ("ours", "smp", "paper")
 
@@ -76,26 +69,13 @@ def config_of(side: str, args: argparse.Namespace, seed: int, out: Path) -> Trai
 
 
 def run(side: str, args: argparse.Namespace, seed: int, root: Path) -> dict:
-    """Train and evaluate one side from ``seed``: the final test metrics, process CPU and wall seconds, parameters."""
+    """Train and evaluate one side from ``seed``: the final test metrics, process CPU and wall seconds, steps."""
     config = config_of(side, args, seed, root / f"{side}-{seed}")
     task = None
     if side == "smp":
         task = SmpTask(config.resolved())
         task.encoder = args.encoder
-    cpu, wall = time.process_time(), time.perf_counter()
-    result = fit(config, task)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    final = {k.removeprefix("test_"): v for k, v in result.final.items()}
-    return {**final, "cpu_s": cpu, "wall_s": wall, "steps": result.global_step}
-
-
-def runs_folder(keep: str | None, name: str):
-    """``keep`` (the run folders stay), or a temporary folder removed afterwards."""
-    return contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix=f"convatlas-{name}-")
-
-
-def _mean_spread(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+    return timed_fit(config, task)
 
 
 def table(results: dict[str, list[dict]]) -> list[str]:
@@ -107,62 +87,50 @@ def table(results: dict[str, list[dict]]) -> list[str]:
         iou, cpu = statistics.fmean(r["fg_iou"] for r in rows), statistics.fmean(r["cpu_s"] for r in rows)
         ratios = "- | -"
         if peer:
-            ratios = (f"{iou / statistics.fmean(r['fg_iou'] for r in peer):.3f} | "
-                      f"{cpu / statistics.fmean(r['cpu_s'] for r in peer):.2f}")  # fmt: skip
-        scores = " | ".join(_mean_spread([r[k] for r in rows]) for k in ("fg_iou", "dice", "instance_f1"))
+            ratios = (f"{ratio(iou, statistics.fmean(r['fg_iou'] for r in peer), 3)} | "
+                      f"{ratio(cpu, statistics.fmean(r['cpu_s'] for r in peer))}")  # fmt: skip
+        scores = " | ".join(mean_spread([r[k] for r in rows]) for k in ("fg_iou", "dice", "instance_f1"))
         lines.append(f"| {side} | {scores} | {cpu:.0f} | {ratios} |")
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", default=",".join(SIDES), help=f"comma-separated, from {', '.join(SIDES)}")
     parser.add_argument("--encoder", default="mobilenet_v2", help="a zoo encoder that smp also has")
     parser.add_argument("--paper-width", type=int, default=8, help="first width of the 'paper' U-Net (64 in it)")
     parser.add_argument("--paper-levels", type=int, default=5, help="levels of the 'paper' U-Net (5 in it)")
     parser.add_argument("--paper-loss", default="unet-weighted", choices=("unet-weighted", "cross-entropy"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", type=int, default=128, help="side of the training crops' masks (the paper's "
                         "unpadded network takes the largest output it can give that is not above it)")  # fmt: skip
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    parser.add_argument("--quick", action="store_true", help="a few steps of each side and one seed")
-    parser.add_argument("--keep", help="keep the run folders (checkpoints, metrics.jsonl) in this folder")
-    parser.add_argument("--out", help="also write every run's metrics to this JSON file")
-    parser.add_argument("--overwrite", action="store_true")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.seeds, args.batch_size, args.size = 2, args.seeds[:1], 2, 64
-    if args.out:
-        check_output_file(args.out, "--out", overwrite=args.overwrite)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    for n in names:
-        if n not in SIDES:
-            parser.error(f"--models: unknown model {n!r} (known: {', '.join(SIDES)})")
+    check_out(args)
+    names = choose(parser, "--models", args.models, SIDES)
     import segmentation_models_pytorch as smp
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load {load:.1f}; torch {torch.__version__}, torchvision {torchvision.__version__}, smp {smp.__version__}; "
-          f"encoder {args.encoder}, paper U-Net {args.paper_levels} levels from width {args.paper_width} with loss "
-          f"{args.paper_loss}; {args.steps} steps x batch {args.batch_size}, "
-          f"crops {args.size}, AdamW lr {args.lr}, seeds {args.seeds}, threads {args.threads}")  # fmt: skip
-    results: dict[str, list[dict]] = {n: [] for n in names}
-    with runs_folder(args.keep, "segmentation") as tmp:
-        for seed in args.seeds:
-            for n in names:
-                r = run(n, args, seed, Path(tmp))
-                results[n].append(r)
-                print(f"  seed {seed} {n:6s} fg IoU {r['fg_iou']:.4f} Dice {r['dice']:.4f} F1 {r['instance_f1']:.4f} "
-                      f"CPU {r['cpu_s']:.0f} s (wall {r['wall_s']:.0f} s)", flush=True)  # fmt: skip
-    print()
-    print("\n".join(table(results)))
-    if args.out:
-        atomic_write_json(args.out, {"args": vars(args), "results": results})
+    print(
+        machine_line(
+            f"encoder {args.encoder}, paper U-Net {args.paper_levels} levels from width {args.paper_width} "
+            f"with loss {args.paper_loss}; {args.steps} steps x batch {args.batch_size}, crops {args.size}, "
+            f"AdamW lr {args.lr}, seeds {args.seeds}, threads {args.threads}",
+            f", smp {smp.__version__}",
+        )
+    )
+    run_all(
+        args,
+        names,
+        lambda side, seed, root: run(side, args, seed, root),
+        lambda r: f"fg IoU {r['fg_iou']:.4f} Dice {r['dice']:.4f} F1 {r['instance_f1']:.4f}",
+        table,
+        "convatlas-segmentation",
+    )
 
 
 if __name__ == "__main__":
