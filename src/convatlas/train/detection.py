@@ -33,7 +33,7 @@ from convatlas.detection.evaluation import coco_evaluate, voc_evaluate
 from convatlas.detection.proposals import selective_search
 from convatlas.train.checkpoint import ModelSpec, build_model, json_kwargs
 from convatlas.train.config import EXTERNAL_PROPOSALS, ConfigError
-from convatlas.train.task import Task, model_keywords
+from convatlas.train.task import DatasetTask, model_keywords
 
 # fashion-scenes items are 21 to 49 pixels, nuclei mostly 16 to 32: a feature pyramid, anchors of 16 to 128 pixels
 # (one size per level; the same sizes serve the one stride-16 map with fpn=False) and fewer proposals fit them.
@@ -112,7 +112,7 @@ def detection_metrics(detections: list, targets: list, sizes: list, num_classes:
     }
 
 
-class DetectionTask(Task):
+class DetectionTask(DatasetTask):
     """Detection on ``fashion-scenes[:...]``, ``coco:DIR`` or ``voc:DIR``."""
 
     kind = "detection"
@@ -127,34 +127,8 @@ class DetectionTask(Task):
         self.caches = {s: ProposalCache(max_proposals=config.max_proposals) for s in ("train", "test")} if external \
             else None  # fmt: skip
 
-    @functools.cached_property
-    def train_set(self) -> Dataset:
-        return self._split("train", self.config.limit_train)
-
-    @functools.cached_property
-    def test_set(self) -> Dataset:
-        return self._split("test", self.config.limit_test)
-
     def _split(self, split: str, limit: int | None) -> Dataset:
         return build_detection_dataset(self.config.data, split, limit=limit)
-
-    def dataset(self, split: str) -> Dataset:
-        if split not in ("train", "test"):
-            raise ConfigError("split", f"must be train or test for a detection run, got {split!r}")
-        return self.train_set if split == "train" else self.test_set
-
-    @property
-    def train_size(self) -> int:
-        return len(self.train_set)
-
-    def eval_size(self, split: str) -> int:
-        return len(self.dataset(split))
-
-    def classes(self) -> list[str]:
-        return [str(c) for c in self.train_set.classes]
-
-    def split_classes(self, split: str) -> list[str]:
-        return [str(c) for c in self.dataset(split).classes]
 
     def model_spec(self) -> ModelSpec:
         return self._model_spec

@@ -46,7 +46,7 @@ from convatlas.train.checkpoint import InputSpec, ModelSpec, build_model, json_k
 from convatlas.train.config import ConfigError
 from convatlas.train.metrics import accuracy, confusion_matrix, iou_per_class, mean_iou
 from convatlas.train.plots import plot_confusion, plot_masks
-from convatlas.train.task import Task, model_keywords
+from convatlas.train.task import DatasetTask, model_keywords
 
 
 def prepare_inputs(
@@ -97,7 +97,7 @@ def _fit_logits(logits: Tensor, target: Tensor) -> Tensor:
     return logits
 
 
-class ClassificationTask(Task):
+class ClassificationTask(DatasetTask):
     """Image classification: ``fashion-mnist``, ``mnist5k``, ``imagefolder:DIR``; accuracy and a confusion matrix."""
 
     kind = "classification"
@@ -107,14 +107,6 @@ class ClassificationTask(Task):
     def __init__(self, config) -> None:
         super().__init__(config)
         self._cm: Tensor | None = None
-
-    @functools.cached_property
-    def train_set(self) -> Dataset:
-        return self._split("train", self.config.limit_train)
-
-    @functools.cached_property
-    def test_set(self) -> Dataset:
-        return self._split("test", self.config.limit_test)
 
     def _split(self, split: str, limit: int | None) -> Dataset:
         c = self.config
@@ -131,21 +123,6 @@ class ClassificationTask(Task):
             raise ConfigError("data", f"{c.data} has {dataset.num_classes} class ({names}); a {self.kind} run needs "
                               "at least 2")  # fmt: skip
         return dataset
-
-    def dataset(self, split: str) -> Dataset:
-        if split not in ("train", "test"):
-            raise ConfigError("split", f"must be train or test for a {self.kind} run, got {split!r}")
-        return self.train_set if split == "train" else self.test_set
-
-    @property
-    def train_size(self) -> int:
-        return len(self.train_set)
-
-    def eval_size(self, split: str) -> int:
-        return len(self.dataset(split))
-
-    def classes(self) -> list[str]:
-        return [str(c) for c in self.train_set.classes]
 
     def model_spec(self) -> ModelSpec:
         fixed = {"num_classes": self.train_set.num_classes, "in_channels": self.train_set.in_channels}
@@ -235,9 +212,6 @@ class ClassificationTask(Task):
         cm = sum(p["cm"] for p in parts)
         self._cm = cm
         return {"loss": sum(p["loss"] for p in parts) / max(1, sum(p["n"] for p in parts)), "acc": accuracy(cm)}
-
-    def split_classes(self, split: str) -> list[str]:
-        return [str(c) for c in self.dataset(split).classes]
 
     def use_checkpoint(self, record, split: str) -> None:
         super().use_checkpoint(record, split)

@@ -10,6 +10,7 @@ turns the gathered partials into metrics.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from convatlas.errors import InputError
 from convatlas.train.checkpoint import CheckpointRecord, InputSpec, ModelSpec, build_model
@@ -132,6 +134,41 @@ class Task:
         if classes != list(record.classes):
             raise ConfigError("data", f"{self.config.data}: classes {_short(classes)} differ from the checkpoint's "
                               f"{_short(record.classes)}")  # fmt: skip
+
+
+class DatasetTask(Task):
+    """A task whose data are a training and a test :class:`~torch.utils.data.Dataset`, each built once by
+    :meth:`_split` (image classification and segmentation, detection); the datasets carry their ``classes``."""
+
+    @functools.cached_property
+    def train_set(self) -> Dataset:
+        return self._split("train", self.config.limit_train)
+
+    @functools.cached_property
+    def test_set(self) -> Dataset:
+        return self._split("test", self.config.limit_test)
+
+    def _split(self, split: str, limit: int | None) -> Dataset:
+        """The dataset of ``split``, at most ``limit`` items, checked for this task."""
+        raise NotImplementedError
+
+    def dataset(self, split: str) -> Dataset:
+        if split not in ("train", "test"):
+            raise ConfigError("split", f"must be train or test for a {self.kind} run, got {split!r}")
+        return self.train_set if split == "train" else self.test_set
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train_set)
+
+    def eval_size(self, split: str) -> int:
+        return len(self.dataset(split))
+
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.train_set.classes]
+
+    def split_classes(self, split: str) -> list[str]:
+        return [str(c) for c in self.dataset(split).classes]
 
 
 def _short(names: Sequence[str]) -> str:
