@@ -188,6 +188,7 @@ def test_every_family_is_registered():
         "mobilenet_v2",
         "mobilenet_v3_small",
         "mobilenet_v3_large",
+        "resnet9",
     }
     assert expected <= set(list_models())
     assert list_models("mobilenet_v3*") == ["mobilenet_v3_large", "mobilenet_v3_small"]
