@@ -64,13 +64,13 @@ test: lint pytest
 tour: setup
 	$(VENV)/bin/convatlas tour
 
-# The main job: ResNet-9 (Page 2018) at a quarter of its width, all dense 3x3 convolutions, trained on the full
+# The main job: ResNet-9 (Page 2018) at an eighth of its width, all dense 3x3 convolutions, trained on the full
 # Fashion-MNIST (60,000 images) on the CPU and evaluated on the 10,000 test images; the recipe was chosen for time to
 # accuracy (docs/benchmarks.md, benchmarks/main_job.py). The checkpoint, metrics.jsonl, plots and report.html
 # (`convatlas report` of the trained model; its one-line summary goes to report.log) stay in runs/demo-<time>. The
 # last line printed is `test accuracy: 0.XXXX`. DEMO_THREADS=0 (the default) uses every core this process may use.
 DEMO_THREADS ?= 0
-DEMO_ARGS := --model resnet9 --model-arg width_mult=0.25 --data fashion-mnist --epochs 2 --batch-size 256 \
+DEMO_ARGS := --model resnet9 --model-arg width_mult=0.125 --data fashion-mnist --epochs 4 --batch-size 256 \
 	--opt sgd --lr 0.2 --warmup-epochs 0.3 --label-smoothing 0.1 --channels-last
 demo: setup data
 	run=runs/demo-$$(date +%Y%m%d-%H%M%S); \

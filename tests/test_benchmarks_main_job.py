@@ -39,8 +39,8 @@ def test_make_demo_runs_the_chosen_recipe_on_every_core(main_job):
     assert re.search(r"^DEMO_THREADS \?= 0$", makefile, flags=re.M)
     assert "--threads $(DEMO_THREADS)" in makefile
     config = _config(main_job.demo_args())
-    assert (config.model, config.model_args, config.data) == ("resnet9", {"width_mult": 0.25}, "fashion-mnist")
-    assert (config.epochs, config.batch_size, config.opt, config.lr, config.schedule) == (2, 256, "sgd", 0.2, "cosine")
+    assert (config.model, config.model_args, config.data) == ("resnet9", {"width_mult": 0.125}, "fashion-mnist")
+    assert (config.epochs, config.batch_size, config.opt, config.lr, config.schedule) == (4, 256, "sgd", 0.2, "cosine")
     assert (config.warmup_epochs, config.label_smoothing, config.channels_last) == (0.3, 0.1, True)
     assert config.threads == 0 and config.limit_train is None and config.limit_test is None and not config.augment
 
@@ -48,11 +48,16 @@ def test_make_demo_runs_the_chosen_recipe_on_every_core(main_job):
 def test_every_frontier_recipe_is_a_valid_run(main_job):
     base = main_job.demo_args()
     configs = {name: _config(main_job.candidate_args(base, changes)) for name, changes in main_job.FRONTIER.items()}
-    assert configs["demo"] == _config(base)
-    assert configs["no channels_last"].channels_last is False
-    assert configs["20x20 images"].image_size == 20
-    assert configs["width 0.125, 3 epochs"].model_args == {"width_mult": 0.125}
-    old = configs["mobilenet_v2 0.5, the earlier demo's recipe, 4 epochs"]
+    demo = _config(base)
+    assert configs["width 0.125, 4 epochs"] == demo
+    for name, config in configs.items():
+        if name.startswith("width "):  # each states its width and epochs
+            width, epochs = re.match(r"width ([\d.]+), (\d) epochs", name).groups()
+            assert (config.model_args, config.epochs) == ({"width_mult": float(width)}, int(epochs)), name
+    assert configs["width 0.125, 3 epochs, no channels-last"].channels_last is False
+    assert configs["width 0.125, 3 epochs, inputs resized to 20x20"].image_size == 20
+    assert configs["width 0.125, 3 epochs, batch 512, lr 0.4"].batch_size == 512
+    old = configs["MobileNet v2 width 0.5, the earlier demo's recipe, 4 epochs"]
     assert (old.model, old.epochs, old.opt) == ("mobilenet_v2", 4, "adamw")
 
 
@@ -76,6 +81,15 @@ def test_classic_network_is_pytorchs_mnist_example(main_job):
     assert kinds == ["Conv2d", "Conv2d", "Dropout", "Dropout", "Linear", "Linear"]
     assert (model.dropout1.p, model.dropout2.p) == (0.25, 0.5)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_throughput_quick_mode_times_every_model(main_job, capsys):
+    assert main_job.main(["--throughput", "--quick", "--threads", "1"]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert "threads 1; torch" in header
+    names = ["ResNet-9 width 0.125", "ResNet-9 width 0.25", "MobileNet v2 width 0.5", "the classic example's network"]
+    assert [line.split(":")[0] for line in lines] == names
+    assert all(re.fullmatch(r".*: [\d,]+ img/s", line) for line in lines)
 
 
 def test_quick_run_trains_both_and_reports_the_ratio():

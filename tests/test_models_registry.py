@@ -286,4 +286,4 @@ def test_cli_models_no_match_is_one_line_exit_2(capsys):
     assert main(["models", "resnxt"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
-    assert "no model matches 'resnxt'; did you mean: resnext50_32x4d" in err
+    assert "no model matches 'resnxt'; did you mean: resnet9, resnext50_32x4d" in err
