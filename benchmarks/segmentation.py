@@ -34,7 +34,7 @@ from convatlas.models.tiling import predict_tiled, valid_input_size
 from convatlas.models.unet import UNet, output_size
 from convatlas.ops.masks import dice, foreground_iou, instance_f1, label_instances
 from convatlas.ops.unet_loss import weighted_cross_entropy
-from convatlas.utils import resolve_device
+from convatlas.utils import resolve_device, set_threads
 
 MODELS = ("ours", "smp", "paper")
 
@@ -144,15 +144,14 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--weighted", action="store_true", help="U-Net's weighted loss for every model")
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: every usable core)")
     parser.add_argument("--out", help="write the per-seed results as JSON")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     device = resolve_device(args.device)
     if args.out:
         check_output_file(args.out, "--out", overwrite=args.overwrite)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     for n in names:
         if n not in MODELS:
