@@ -13,7 +13,7 @@ sum). The layout, with the paper's widths at ``width_mult=1``:
     head    global max pool, linear, logits multiplied by 0.125
 
 Nine weighted layers, hence the name. All the computation is dense 3x3 convolution at a small depth, which is what
-oneDNN and cuDNN run fastest; the network is the convatlas demo's model at ``width_mult=0.25`` on Fashion-MNIST
+oneDNN and cuDNN run fastest; the network is the convatlas demo's model at ``width_mult=0.125`` on Fashion-MNIST
 (docs/benchmarks.md). ``tests/test_models_resnet9.py`` checks it against a float64 re-statement of the layout above
 with ``torch.nn.functional`` and against the parameter count by formula.
 """
