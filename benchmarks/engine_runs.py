@@ -36,7 +36,7 @@ def machine_line(details: str, versions: str = "") -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every such benchmark has: seeds, threads, device, quick, and where the runs and results go."""
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: every usable core)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="a few steps of each and one seed, to check the script")
     parser.add_argument("--keep", help="keep the run folders (checkpoints, metrics.jsonl) in this folder")

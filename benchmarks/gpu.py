@@ -67,6 +67,7 @@ if SRC.is_dir() and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 from convatlas.files import atomic_write_json, atomic_write_text, check_output_dir  # noqa: E402
+from convatlas.utils import set_threads  # noqa: E402
 
 OUTPUTS = ("gpu.md", "gpu.json", "rows.jsonl", "gpu.log")
 TIME_LIMIT_S = 480.0  # the whole run, worker start and the last write included
@@ -922,8 +923,7 @@ def worker(args: argparse.Namespace) -> int:
     os.dup2(2, 1)
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = "cpu" if args.dry_run else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         proto.write(json.dumps({"fatal": "no CUDA device is available (use --dry-run to run on the CPU)"}) + "\n")
@@ -1174,7 +1174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="every section on the CPU at tiny sizes")
     parser.add_argument("--sections", nargs="+", choices=SECTION_NAMES, help="run only these (default: all)")
     parser.add_argument("--time-limit", type=float, default=TIME_LIMIT_S, help="seconds for the whole run (480)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: every usable core)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from convatlas.models import create_model  # noqa: E402
 from convatlas.ops import backends, dynamic_conv, lightweight_conv  # noqa: E402
+from convatlas.utils import set_threads
 
 # seconds of repeated calls per timing (QUICK in a smoke run)
 MIN_TIME, QUICK_MIN_TIME = 0.5, 0.01
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--quick", action="store_true", help="tiny sizes and short timings (a smoke run of every case)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: every usable core)")
     p.add_argument("--skip-models", action="store_true")
     p.add_argument("--skip-ops", action="store_true")
     p.add_argument("--plot", default=None, help="write the throughput plot here (PNG)")
@@ -216,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--device cuda: no CUDA device is available")
     global min_time_s
     min_time_s = QUICK_MIN_TIME if args.quick else MIN_TIME
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(
         "cuda"
         if args.device == "auto" and torch.cuda.is_available()

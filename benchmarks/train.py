@@ -34,6 +34,7 @@ from convatlas.models import create_model
 from convatlas.train.config import TrainConfig
 from convatlas.train.images import loss_fn, prepare_inputs
 from convatlas.train.optim import build_optimizer
+from convatlas.utils import set_threads
 
 PAIRS = (("mobilenet_v2", "mobilenetv2_100"), ("resnext50_32x4d", "resnext50_32x4d"))
 
@@ -115,15 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--image-size", type=int, help="side of the generated folder images")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: every usable core)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     steps = args.steps or (50 if cuda else 3)
     batch = args.batch_size or (128 if cuda else 16)
     size = args.image_size or (224 if cuda else 64)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     name = torch.cuda.get_device_name() if cuda else "CPU"
     print(f"device {device} ({name}), torch {torch.__version__}, timm {timm.__version__}, "
           f"threads {torch.get_num_threads()}, batch {batch}, {steps} timed steps")  # fmt: skip

@@ -118,7 +118,7 @@ def test_check_bool_choice_module_class_and_num_classes():
 )  # fmt: skip
 def test_common_arguments_of_every_classifier(name, kwargs, exc, message):
     cls_name = _raises(exc, message, lambda: create_model(name, **kwargs)).split(":")[0]
-    assert cls_name in {"ResNeXt", "DenseNet", "MobileNetV1", "MobileNetV2", "MobileNetV3", "EfficientNet",
+    assert cls_name in {"ResNeXt", "ResNet9", "DenseNet", "MobileNetV1", "MobileNetV2", "MobileNetV3", "EfficientNet",
                         "ConvNeXt", "Xception"}  # fmt: skip
 
 

@@ -42,6 +42,7 @@ PUBLISHED = {
     "convnext_small": (50_223_688, 8.684, "torchvision"),
     "convnext_base": (88_591_464, 15.355, "torchvision"),
     "convnext_large": (197_767_336, 34.361, "torchvision"),
+    "resnet9": (6_573_130, None, "paper: Page 2018's CIFAR-10 network, 6,573,120 weights, + 10 classifier biases"),
 }
 # Input side of each torchvision _ops figure: torchvision's evaluation crop (224 unless listed). For EfficientNet that
 # is the paper's compound-scaled resolution except b2, which torchvision evaluates at 288 instead of 260.

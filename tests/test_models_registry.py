@@ -188,6 +188,7 @@ def test_every_family_is_registered():
         "mobilenet_v2",
         "mobilenet_v3_small",
         "mobilenet_v3_large",
+        "resnet9",
     }
     assert expected <= set(list_models())
     assert list_models("mobilenet_v3*") == ["mobilenet_v3_large", "mobilenet_v3_small"]
@@ -285,4 +286,4 @@ def test_cli_models_no_match_is_one_line_exit_2(capsys):
     assert main(["models", "resnxt"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
-    assert "no model matches 'resnxt'; did you mean: resnext50_32x4d" in err
+    assert "no model matches 'resnxt'; did you mean: resnet9, resnext50_32x4d" in err

@@ -93,6 +93,26 @@ def seed_type(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err).strip()) from None
 
 
+def threads_type(text: str) -> int:
+    """argparse ``type`` of a ``--threads`` option: an integer in ``0..MAX_THREADS`` (0: the default)."""
+    from convatlas.utils import MAX_THREADS
+
+    try:
+        return parse_int("", text, minimum=0, maximum=MAX_THREADS)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).strip()) from None
+
+
+THREADS_HELP = "CPU threads for torch (default 0: OMP_NUM_THREADS if set, else every core this process may use)"
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """Give a command that computes with torch the ``--threads`` option; :func:`main` sets the threads from it
+    (:func:`convatlas.utils.set_threads`) before the command runs. ``train`` has its own, a configuration field."""
+    parser.add_argument("--threads", type=threads_type, default=0, metavar="N", help=THREADS_HELP)
+    parser.set_defaults(sets_threads=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="convatlas",
@@ -115,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.error(f"a command is required, one of: {', '.join(args.commands)}")
     try:
+        if getattr(args, "sets_threads", False):
+            from convatlas.utils import set_threads
+
+            set_threads(args.threads)
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("convatlas: interrupted", file=sys.stderr)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from convatlas.analysis.erf import MAX_SAMPLES
-from convatlas.cli import parse_int
+from convatlas.cli import add_threads_option, parse_int
 from convatlas.errors import InputTypeError, is_user_error
 from convatlas.files import atomic_write, check_output_file
 
@@ -223,6 +223,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input", help="input size without batch, e.g. 3x224x224 (default: the model's)")
     p.add_argument("--depth", default=None, help="show modules at most this deep, >= 1 (default: all)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    add_threads_option(p)
     p.set_defaults(handler=_summary)
 
     p = subparsers.add_parser(
@@ -241,4 +242,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--samples", type=int, default=None, help=f"random inputs averaged for --plot, 1..{MAX_SAMPLES} (default 8)"
     )
+    add_threads_option(p)
     p.set_defaults(handler=_rf)

@@ -208,7 +208,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the convolution matrix; or the receptive fields of a model's stages on a picture.",
     )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
-    from convatlas.cli import ArgumentParser, seed_type
+    from convatlas.cli import ArgumentParser, add_threads_option, seed_type
 
     out = ArgumentParser(add_help=False)
     out.add_argument("--out", required=True, help="output file: .gif (every frame), .svg or .png (one frame)")
@@ -269,6 +269,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("--point", default=None, help="YxX: the input pixel whose fields are drawn (default: the centre)")
     k.add_argument("--samples", type=int, default=8, help="random inputs of the effective field, 1..1024 (default 8)")
     k.add_argument("--seed", type=seed_type, default=0, help="seed of those inputs (default 0)")
+    add_threads_option(k)
     k.add_argument("--out", required=True, help="output .png")
     k.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(handler=_draw)
@@ -290,4 +291,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "Chromium (needs chromium, chromium-driver and selenium)")  # fmt: skip
     p.add_argument("--screenshot-height", type=int, default=None, metavar="PX",
                    help="height of the screenshot window (default: the whole page)")  # fmt: skip
+    add_threads_option(p)
     p.set_defaults(handler=_report)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from convatlas.cli import seed_type
+from convatlas.cli import add_threads_option, seed_type
 from convatlas.cli.train import reports_options
 from convatlas.errors import InputError
 
@@ -205,6 +205,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-detections", type=int, help="detections kept per image (default: the model's, 100)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace existing pictures and detections.json")
+    add_threads_option(p)
     p.set_defaults(handler=_detect)
 
     p = subparsers.add_parser("proposals", help="selective search proposals of an image, drawn")
@@ -215,4 +216,5 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=seed_type, default=0, help="seed of the ranking")
     p.add_argument("--json", help="also write every proposal to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace existing --out and --json files")
+    add_threads_option(p)
     p.set_defaults(handler=_proposals)

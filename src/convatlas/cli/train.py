@@ -17,6 +17,7 @@ import re
 import warnings
 from pathlib import Path
 
+from convatlas.cli import add_threads_option
 from convatlas.errors import InputError
 from convatlas.utils import close_matches
 
@@ -50,7 +51,7 @@ CONFIG_OPTIONS = (
     ("--log-every", int, "a metrics.jsonl record every N steps"),
     ("--num-workers", int, "DataLoader workers for data decoded per item"),
     ("--device", str, "auto, cpu, cuda or cuda:N"),
-    ("--threads", int, "CPU threads (0: torch's default)"),
+    ("--threads", int, "CPU threads (default 0: OMP_NUM_THREADS if set, else all usable cores)"),
     ("--mode", str, "text: rand, static, non-static or multichannel"),
     ("--folds", int, "text: k of the k-fold cross-validation"),
     ("--max-folds", int, "text: run only the first folds"),
@@ -439,6 +440,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    add_threads_option(p)
     p.set_defaults(handler=_evaluate)
 
     p = subparsers.add_parser("predict", help="top-k classes (or a mask PNG) for images")
@@ -451,6 +453,7 @@ def register(subparsers) -> None:
                    "coloured over the image")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="segmentation: replace existing mask and overlay PNGs")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_threads_option(p)
     p.set_defaults(handler=_predict)
 
     p = subparsers.add_parser("export", help="export a checkpoint to ONNX (checked with onnxruntime)")
@@ -459,4 +462,5 @@ def register(subparsers) -> None:
     p.add_argument("--which", choices=("best", "last"))
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --onnx file")
+    add_threads_option(p)
     p.set_defaults(handler=_export)

@@ -13,6 +13,7 @@ from convatlas.models import densenet, mobilenet, resnext  # noqa: E402, F401
 from convatlas.models import efficientnet  # noqa: E402, F401
 from convatlas.models import convnext  # noqa: E402, F401
 from convatlas.models import xception  # noqa: E402, F401
+from convatlas.models import resnet9  # noqa: E402, F401
 from convatlas.models import unet  # noqa: E402, F401
 from convatlas.models import kim_cnn  # noqa: E402, F401
 from convatlas.models import lightconv  # noqa: E402, F401

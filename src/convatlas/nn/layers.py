@@ -137,16 +137,27 @@ class LayerNorm2d(nn.LayerNorm):
 class ClassifierHead(nn.Module):
     """Global pooling, optional norm and dropout, and a linear classifier: ``forward_head`` of the image models.
 
-    ``norm`` (for example ConvNeXt's ``nn.LayerNorm(C)``) is applied to the pooled features.
+    ``pool`` is ``"avg"`` (global average pooling) or ``"max"`` (global max pooling, as in ResNet-9). ``norm`` (for
+    example ConvNeXt's ``nn.LayerNorm(C)``) is applied to the pooled features.
 
     Shapes:
         x (Tensor[N, C, H, W]) -> Tensor[N, num_classes]; with ``pre_logits=True``, Tensor[N, C].
     """
 
-    def __init__(self, in_features: int, num_classes: int, *, drop_rate: float = 0.0, norm: nn.Module | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        drop_rate: float = 0.0,
+        norm: nn.Module | None = None,
+        pool: str = "avg",
+    ):
         super().__init__()
+        if pool not in ("avg", "max"):
+            raise ValueError(f"ClassifierHead: pool must be 'avg' or 'max', got {pool!r}")
         self.in_features = in_features
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.AdaptiveMaxPool2d(1)
         self.flatten = nn.Flatten(1)
         self.norm = norm
         self.drop = nn.Dropout(drop_rate)

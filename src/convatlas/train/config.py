@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convatlas.errors import InputError, InputTypeError
-from convatlas.utils import MAX_SEED
+from convatlas.utils import MAX_SEED, MAX_THREADS
 
 TASKS = ("classification", "segmentation", "text", "detection")
 IMAGE_TASKS = ("classification", "segmentation")
@@ -77,7 +77,6 @@ DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3, "adadelta": 1.0}
 TEXT_ADAMW_WEIGHT_DECAY = 0.01  # the encoders of models.lightconv train with AdamW
 DEFAULT_MAX_PROPOSALS = 300
 # Upper bounds that catch typos before they overflow torch's 64-bit arguments or exhaust the machine.
-MAX_THREADS = 1024
 MAX_WORKERS = 256
 MAX_IMAGE_SIZE = 4096
 BOOL_FIELDS = ("channels_last", "compile", "deterministic", "augment")
@@ -143,7 +142,10 @@ class TrainConfig:
         log_every: a ``metrics.jsonl`` step record every this many steps.
         num_workers: DataLoader workers for datasets decoded per item (image folders, COCO, VOC).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        threads: CPU threads for torch (0: torch's default).
+        threads: CPU threads for torch; 0: ``OMP_NUM_THREADS`` when set, else the cores this process may use
+            (affinity and cgroup quota), less one per data-loading worker (:func:`convatlas.utils.choose_threads`).
+            The count only changes how fast a run goes and, in the last bits, its floating-point sums: results are
+            identical for the same seed, machine and thread count.
         mode: text: ``"rand"``, ``"static"``, ``"non-static"`` or ``"multichannel"`` (the last for ``kim_cnn``).
         folds: text: k of the k-fold cross-validation.
         max_folds: text: run only the first folds (``None``: all).
@@ -324,7 +326,7 @@ def _range_rules(c: TrainConfig) -> list:
         ("save_every", _integer(0), "an integer >= 0 (0: at epoch ends only)"),
         ("log_every", _integer(1), "an integer >= 1"),
         ("num_workers", _integer(0, MAX_WORKERS), f"an integer in 0..{MAX_WORKERS}"),
-        ("threads", _integer(0, MAX_THREADS), f"an integer in 0..{MAX_THREADS} (0: torch's default)"),
+        ("threads", _integer(0, MAX_THREADS), f"an integer in 0..{MAX_THREADS} (0: the usable cores)"),
         ("folds", _integer(2), "an integer >= 2 for cross-validation"),
         ("max_folds", _integer(1), "an integer >= 1"),
         ("dev_fraction", _finite(0, low_open=True, high=0.5, high_open=True), "in (0, 0.5)"),

@@ -41,6 +41,7 @@ from convatlas.train.optim import amp_dtype, build_optimizer, build_scheduler, s
 from convatlas.train.plots import plot_curves
 from convatlas.train.runfolder import RunFolder, StopSignals, hold
 from convatlas.train.task import Task, build_task
+from convatlas.utils import set_threads
 
 LABELS = {"miou": "mIoU", "voc_map50": "mAP@0.5", "coco_ap": "COCO mAP", "fg_iou": "fg IoU", "dice": "Dice",
           "instance_f1": "instance F1"}  # fmt: skip
@@ -192,8 +193,7 @@ def _torch_settings(config: TrainConfig):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    set_threads(config.threads, workers=config.num_workers)
     try:
         yield
     finally:
@@ -293,6 +293,7 @@ class _Run:
         self.log = MetricsLog(self.out / "metrics.jsonl")
         self.model: nn.Module = self.raw
         self.evaluated = False
+        self.train_seconds = 0.0  # in the training steps of this process, evaluation and checkpoints excluded
 
     def start(self, saved: tuple[dict[str, Tensor], CheckpointRecord] | None) -> None:
         """Restore the saved state (or start afresh) and wrap the model for compilation and DDP."""
@@ -362,7 +363,9 @@ class _Run:
         self.model.train()
         tick, seen = time.perf_counter(), 0
         while p.step < self.steps_per_epoch:
+            step_start = time.perf_counter()
             loss, stop = self._step(data, signals)
+            self.train_seconds += time.perf_counter() - step_start
             p.step += 1
             p.global_step += 1
             seen += self.config.batch_size
@@ -449,7 +452,8 @@ class _Run:
         if improved:
             p.best_score, p.best_epoch, p.best_metrics = score, p.epoch, dict(metrics)
         record = {"kind": "epoch", "epoch": p.epoch, "global_step": p.global_step, **train, **metrics,
-                  "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - start}  # fmt: skip
+                  "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - start,
+                  "train_seconds": self.train_seconds, "threads": torch.get_num_threads()}  # fmt: skip
         bar.line(self._epoch_line(record))
         if self.info.is_main:
             self.log.write(record)
