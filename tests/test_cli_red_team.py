@@ -441,7 +441,7 @@ ROWS = {
     "train-image-size-too-small-for-unet": (
         "train --model unet --data segfolder:{w}/data/seg_small/im:{w}/data/seg_small/mk --image-size 8 "
         "--batch-size 2 --out {t}/r",
-        "--data|do not fit unet",
+        "--image-size|unpadded U-Net|overlap-tile",
     ),
     "train-coco-image-not-an-image": (
         "train --model faster_rcnn --data coco:{w}/data/coco_text_image --batch-size 2 --epochs 1 --threads 1 "
