@@ -38,6 +38,7 @@ FORBIDDEN = {
         "name the machine and its load (e.g. 'load average 13 from other jobs') instead"
     ),
     r"\b(?:machines?|cpus?|cores?)\s+shared\s+(?:with|by)\b": "name the machine and its load instead",
+    r"\b(?:this|the)\s+loaded\s+machine(?:'s)?\b": "name the load (e.g. 'under a load average of 3') instead",
     r"\bissues?\s*#?\s*\d+\b": "issue numbers belong to the tracker, not the software",
     r"\bthe\s+issue(?:'s)?\b": "state the requirement itself, not where it was filed",
     r"\b(?:helpers?|agents?)\s+(?:working|running)\s+in\s+parallel\b": "say what ran, not who",
@@ -105,6 +106,7 @@ def test_wording_describes_the_software_only():
         "on a 2-core machine shared with seven other jobs",
         "the development machine (2 cores shared by eight concurrent jobs)",
         "a shared 2-core machine",
+        "within the noise of this loaded machine",
         "The goals of issue 7 (B=32, C=1024).",
         "(the issue's setting: bf16 autocast)",
         "the coordinator reruns it",
