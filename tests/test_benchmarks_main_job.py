@@ -4,7 +4,6 @@ classic peer is the network of PyTorch's MNIST example (its published size, 1,19
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmark_scripts import load_benchmark
 from convatlas.cli import build_parser
 from convatlas.cli.train import _typed_config
 from convatlas.train import TrainConfig
@@ -23,10 +23,7 @@ SCRIPT = ROOT / "benchmarks" / "main_job.py"
 
 @pytest.fixture(scope="module")
 def main_job():
-    spec = importlib.util.spec_from_file_location("bench_main_job", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("main_job")
 
 
 def _config(args: list[str]) -> TrainConfig:

@@ -4,19 +4,9 @@ outputs before timing). Timings are not checked here; they belong in the docs.""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_benchmark
 
 
 @pytest.mark.parametrize(
@@ -28,7 +18,7 @@ def load(name: str):
     ],
 )
 def test_quick_mode_runs_every_case(name, argv, capsys):
-    assert load(name).main(argv) == 0
+    assert load_benchmark(name).main(argv) == 0
     out = capsys.readouterr().out
     assert {"ops": "### RoI align on cpu", "conv": "separable 3x3", "seqconv": "dynamic "}[name] in out
 
@@ -39,6 +29,6 @@ def test_cuda_device_without_cuda_is_a_clear_error(capsys):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     with pytest.raises(SystemExit) as exc:
-        load("ops").main(["--device", "cuda"])
+        load_benchmark("ops").main(["--device", "cuda"])
     assert exc.value.code == 2
     assert "--device cuda: no CUDA device is available" in capsys.readouterr().err
