@@ -37,6 +37,8 @@ thread with ``--threads 1``), what a run costs on an unshared core; the machine 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import statistics
 from collections import OrderedDict
 from pathlib import Path
@@ -47,7 +49,7 @@ from torch import nn
 from convatlas.detection.detectors import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from convatlas.models import create_model
 from convatlas.train import TrainConfig
-from convatlas.train.checkpoint import ModelSpec
+from convatlas.train.checkpoint import ModelSpec, load_backbone
 from convatlas.train.detection import SMALL_OBJECT_KWARGS, DetectionTask
 from engine_runs import add_arguments, check_out, choose, machine_line, mean_spread, ratio, run_all, timed_fit
 
@@ -88,7 +90,8 @@ def build_ours(args, num_classes: int) -> nn.Module:
     """Our Faster R-CNN: with ``args.fpn`` the engine's small-object default, else the stride-16 map (C4)."""
     torch.manual_seed(args.seed)
     if getattr(args, "fpn", False):
-        return create_model("faster_rcnn", num_classes=num_classes, backbone=args.backbone, **SMALL)
+        return create_model("faster_rcnn", num_classes=num_classes, backbone=args.backbone,
+                            **{**SMALL, **pyramid_args(args)})  # fmt: skip
     return create_model("faster_rcnn", num_classes=num_classes, backbone=args.backbone, anchor_sizes=C4_ANCHOR_SIZES,
                         aspect_ratios=RATIOS, representation_size=args.representation_size,
                         rpn_pre_nms_top_n=(600, 300), rpn_post_nms_top_n=(300, 150),
@@ -107,18 +110,22 @@ def build_torchvision(args, num_classes: int) -> tuple[nn.Module, int]:
     from torchvision.ops import MultiScaleRoIAlign
 
     torch.manual_seed(args.seed)
-    model = create_model(args.backbone)
+    model = create_model(args.backbone, **(getattr(args, "backbone_kwargs", None) or {}))
+    if getattr(args, "weights", None):
+        load_backbone(model, args.backbone, args.weights, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
     if getattr(args, "fpn", False):
         info = model.feature_info
         stages = [f for f in info if 4 <= f["reduction"] <= 32]
-        if not all(f["module"].startswith("features.") for f in stages):
-            raise ValueError(f"--backbone {args.backbone}: its stages are not children of one `features` sequence")
-        return_layers = {f["module"].split(".", 1)[1]: str(k) for k, f in enumerate(stages)}
+        parents = {f["module"].rpartition(".")[0] for f in stages}
+        if len(parents) != 1:
+            raise ValueError(f"--backbone {args.backbone}: its stages are not children of one module")
+        parent = model.get_submodule(parents.pop())  # `features` of a MobileNet, the model itself for ResNet-9
+        return_layers = {f["module"].rpartition(".")[2]: str(k) for k, f in enumerate(stages)}
         channels = SMALL["fpn_channels"]
-        backbone = BackboneWithFPN(model.features, return_layers, [f["num_chs"] for f in stages], channels,
+        backbone = BackboneWithFPN(parent, return_layers, [f["num_chs"] for f in stages], channels,
                                    extra_blocks=_no_extra_level())  # fmt: skip
         names = [str(k) for k in range(len(stages))]
-        sizes = tuple((s,) for s in SMALL["anchor_sizes"])
+        sizes = tuple((s,) for s in pyramid_args(args).get("anchor_sizes", SMALL["anchor_sizes"]))
         anchors = AnchorGenerator(sizes=sizes, aspect_ratios=(RATIOS,) * len(names))
         size, stride = SMALL["representation_size"], stages[0]["reduction"]
     else:
@@ -173,28 +180,70 @@ class TorchvisionTask(DetectionTask):
     def model_spec(self) -> ModelSpec:
         return ModelSpec("torchvision.models.detection.FasterRCNN", {"backbone": self.args.backbone})
 
+    def initialise(self, model: nn.Module) -> None:
+        """Nothing: :func:`build_torchvision` has loaded the backbone weights (``args.weights``) already."""
+
+
+def pyramid_args(args) -> dict:
+    """Our builder's keywords that ``--backbone-kwargs`` and ``--anchor-sizes`` change (the same on both sides)."""
+    changed = {}
+    if getattr(args, "backbone_kwargs", None):
+        changed["backbone_kwargs"] = args.backbone_kwargs
+    if getattr(args, "anchor_sizes", None):
+        changed["anchor_sizes"] = list(args.anchor_sizes)
+    return changed
+
+
+# The backbone's pretraining with --pretrain: Fashion-MNIST's 60,000 training images (the scenes' test items come
+# from its test images), 4 epochs of SGD with warm-up, label smoothing and channels-last (`make demo`'s recipe).
+PRETRAIN = dict(data="fashion-mnist", epochs=4, batch_size=256, opt="sgd", lr=0.2, warmup_epochs=0.3,
+                label_smoothing=0.1, channels_last=True)  # fmt: skip
+_pretrained: dict[int, dict] = {}
+
+
+def pretrain(args: argparse.Namespace, seed: int, root: Path) -> dict:
+    """The backbone's classification run for ``seed`` (once per seed, both sides start from it): its folder, test
+    accuracy and process CPU seconds."""
+    if seed not in _pretrained:
+        config = TrainConfig(model=args.backbone, model_args=dict(args.backbone_kwargs or {}), seed=seed,
+                             out=str(root / f"pretrain-{seed}"), threads=args.threads, device=args.device,
+                             log_every=10**9, **PRETRAIN)  # fmt: skip
+        if args.quick:
+            config = dataclasses.replace(config, epochs=1, limit_train=512, limit_test=256)
+        row = timed_fit(config)
+        _pretrained[seed] = {"folder": config.out, "acc": row["acc"], "cpu_s": row["cpu_s"]}
+    return _pretrained[seed]
+
 
 def run(side: str, args: argparse.Namespace, seed: int, root: Path) -> dict:
-    """Train and evaluate one side from ``seed``; the final metrics, the process CPU seconds and the wall seconds."""
+    """Train and evaluate one side from ``seed``; the final metrics, the process CPU seconds (with ``--pretrain``,
+    the backbone's pretraining included) and the wall seconds."""
     spec, limit_test = DATA[args.data]
-    model_args = {} if args.fpn else {"fpn": False, "anchor_sizes": C4_ANCHOR_SIZES,
-                                      "representation_size": args.representation_size}  # fmt: skip
+    model_args = pyramid_args(args) if args.fpn else {"fpn": False, "anchor_sizes": C4_ANCHOR_SIZES,
+                                                      "representation_size": args.representation_size}  # fmt: skip
     data = spec.format(images=args.train_images)
     tests = limit_test if args.test_images is None else args.test_images
+    before = pretrain(args, seed, root) if args.pretrain else None
+    weights = before["folder"] if before else None
     config = TrainConfig(model="faster_rcnn", data=data, out=str(root / f"{side}-{seed}"), backbone=args.backbone,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, limit_test=tests,
                          model_args=model_args, threads=args.threads, device=args.device, augment=args.augment,
-                         log_every=10**9)  # fmt: skip
+                         warmup_epochs=args.warmup_epochs, backbone_weights=weights, log_every=10**9)  # fmt: skip
     task = None
     if side == "torchvision":
         task = TorchvisionTask(config.resolved())
-        task.args = argparse.Namespace(**{**vars(args), "seed": seed})
-    return timed_fit(config, task)
+        task.args = argparse.Namespace(**{**vars(args), "seed": seed, "weights": weights})
+    row = timed_fit(config, task)
+    if before:
+        row.update(pretrain_acc=before["acc"], pretrain_cpu_s=before["cpu_s"], cpu_s=row["cpu_s"] + before["cpu_s"])
+    return row
 
 
 def describe(r: dict) -> str:
+    before = f" (pretraining: accuracy {r['pretrain_acc']:.4f}, {r['pretrain_cpu_s']:.0f} CPU s)" if "pretrain_acc" \
+        in r else ""  # fmt: skip
     return (f"VOC mAP@0.5 {r['voc_map50']:.4f} COCO mAP {r['coco_ap']:.4f} steps {r['steps']} inference "
-            f"{1000 * r['cpu_seconds_per_image']:.1f} CPU ms / image")  # fmt: skip
+            f"{1000 * r['cpu_seconds_per_image']:.1f} CPU ms / image{before}")  # fmt: skip
 
 
 def table(results: dict[str, list[dict]]) -> list[str]:
@@ -228,15 +277,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--c4", dest="fpn", action="store_false", help="the stride-16 map instead of the pyramid")
     parser.add_argument("--representation-size", type=int, default=256, help="the head's width with --c4")
     parser.add_argument("--sides", default="convatlas,torchvision", help="comma-separated: convatlas, torchvision")
+    parser.add_argument(
+        "--backbone-kwargs", type=json.loads, help='the backbone\'s keywords, JSON: {"width_mult": 0.125}'
+    )
+    parser.add_argument("--anchor-sizes", type=float, nargs="+", help="one anchor size per pyramid level (pixels)")
+    parser.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up of the detector's training")
+    parser.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="pretrain the backbone on Fashion-MNIST per seed (CPU time counted in each row)",
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.train_images, args.seeds, args.test_images = 8, args.seeds[:1], 2
     check_out(args)
     sides = choose(parser, "--sides", args.sides, ("convatlas", "torchvision"))
-    print(machine_line(f"{args.backbone}, {'FPN P2-P5' if args.fpn else 'C4'}; {args.data}: {args.train_images} "
-                       f"training images x {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, augment "
-                       f"{args.augment}, seeds {args.seeds}, threads {args.threads}"))  # fmt: skip
+    print(machine_line(f"{args.backbone} {args.backbone_kwargs or ''}, {'FPN' if args.fpn else 'C4'}, anchors "
+                       f"{args.anchor_sizes or 'default'}, pretrain {args.pretrain}; {args.data}: {args.train_images} "
+                       f"training images x {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, warm-up "
+                       f"{args.warmup_epochs} epochs, augment {args.augment}, seeds {args.seeds}, threads "
+                       f"{args.threads}"))  # fmt: skip
     run_all(args, sides, lambda side, seed, root: run(side, args, seed, root), describe, table, "convatlas-detection")
 
 

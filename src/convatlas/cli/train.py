@@ -64,6 +64,12 @@ CONFIG_OPTIONS = (
         "sigma 5 px; needs instance labels: nuclei)",
     ),
     (
+        "--backbone-weights",
+        str,
+        "detection: start the backbone from a classification run (its folder or checkpoint JSON) of a zoo image "
+        "model; --backbone defaults to that model",
+    ),
+    (
         "--fit-anchors",
         int,
         "detection (faster_rcnn): fit K anchor shapes to the training boxes (k-means on 1 - IoU) "

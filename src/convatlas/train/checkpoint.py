@@ -24,6 +24,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -345,7 +346,13 @@ def prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 def load_state(model: nn.Module, state: dict[str, Tensor], where: str | os.PathLike) -> None:
     """``model.load_state_dict(state)`` after checking names and shapes, so that a checkpoint of another model is
     reported as :class:`CheckpointError` naming ``where`` and the first mismatch."""
-    own = model.state_dict()
+    check_state(model.state_dict(), state, where)
+    model.load_state_dict(state)
+
+
+def check_state(own: dict[str, Tensor], state: dict[str, Tensor], where: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` naming ``where`` and the first mismatch unless ``state`` has exactly the names
+    and shapes of ``own``."""
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         first = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
@@ -359,7 +366,6 @@ def load_state(model: nn.Module, state: dict[str, Tensor], where: str | os.PathL
                 f"checkpoint {where}: tensor {name!r} has shape {tuple(state[name].shape)}, the model's is "
                 f"{tuple(value.shape)}"
             )
-    model.load_state_dict(state)
 
 
 def flatten_optimizer(state_dict: dict) -> tuple[dict[str, Tensor], dict]:
@@ -450,3 +456,77 @@ def load_model(
         raise CheckpointError(f"checkpoint {where}: its model cannot be built ({err})") from None
     load_state(model, prefixed(state, "model"), where)
     return model.to(device).eval(), record
+
+
+# Builder keywords of a classification run that do not change its feature layers (the backbone takes the rest).
+HEAD_KEYWORDS = ("num_classes", "in_channels", "drop_rate")
+
+
+def read_backbone(path: str | os.PathLike) -> tuple[dict[str, Tensor], CheckpointRecord, Path]:
+    """The model tensors, record and JSON path of a classification run, as a backbone's starting weights.
+
+    Raises:
+        CheckpointError: a missing or corrupted checkpoint, or one of another task.
+    """
+    state, record = load_checkpoint(path)
+    where = resolve_checkpoint(path)
+    if record.task != "classification" or record.inputs is None:
+        raise CheckpointError(f"checkpoint {where}: a {record.task} run of {record.model.name}; a backbone starts "
+                              "from a classification run of a zoo image model")  # fmt: skip
+    return prefixed(state, "model"), record, where
+
+
+def backbone_keywords(record: CheckpointRecord) -> dict:
+    """The builder keywords of a classification run that shape its feature layers (width, depth, ...)."""
+    return {k: v for k, v in record.model.kwargs.items() if k not in HEAD_KEYWORDS}
+
+
+def load_backbone(
+    model: nn.Module, name: str, path: str | os.PathLike, *, image_mean: Sequence[float], image_std: Sequence[float]
+) -> str:
+    """Start the zoo image model ``model`` (registered as ``name``; a detector's backbone) from a classification run.
+
+    Every tensor but the classifier's (``head.*``, which a backbone does not use) is copied. The first convolution is
+    adapted when the run saw other input channels or another normalisation: its weights are repeated over the new
+    channels and scaled by ``old channels / new channels`` (a grey image copied into every channel gives the same
+    response, as timm's ``adapt_input_conv``), and each input channel's weights are multiplied by ``new std / old
+    std``, so that the layer sees the run's normalised values up to a constant per output channel, which the norm
+    layer after it takes out.
+
+    Args:
+        model: a zoo image model (``in_channels`` and a classifier in ``head``).
+        name: its registered name; the run must be of the same model.
+        path: the run folder or its checkpoint JSON.
+        image_mean, image_std: the normalisation ``model`` sees (per channel).
+
+    Returns:
+        A one-line description of what was loaded.
+
+    Raises:
+        CheckpointError: another task or model, or tensors that do not fit ``model`` (naming the first).
+    """
+    state, record, where = read_backbone(path)
+    if record.model.name != name:
+        raise CheckpointError(f"checkpoint {where}: a run of {record.model.name}, but the backbone is {name}")
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    old_c, new_c = record.inputs.in_channels, len(image_mean)
+    old_std = torch.tensor(record.inputs.std, dtype=torch.float64)
+    new_std = torch.tensor(list(image_std), dtype=torch.float64)
+    first = next((k for k, v in own.items() if v.dim() == 4), None)  # the stem: zoo models register it first
+    fits = first in state and state[first].dim() == 4 and state[first].shape[1] == old_c
+    adapted = fits and own[first].shape[1] == new_c
+    if adapted:
+        weight = state[first].double()
+        if old_c != new_c:
+            weight = weight.repeat(1, -(-new_c // old_c), 1, 1)[:, :new_c] * (old_c / new_c)
+            old_std = old_std.repeat(-(-new_c // old_c))[:new_c]
+        state[first] = (weight * (new_std / old_std).view(1, -1, 1, 1)).to(state[first].dtype)
+    try:
+        check_state(own, state, where)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err} (the run's {name} was built with {backbone_keywords(record) or 'defaults'})") \
+            from None  # fmt: skip
+    model.load_state_dict(state, strict=False)  # all but the classifier, checked above
+    shown = f"; first convolution {first} adapted from {old_c} to {new_c} input channels" if adapted else ""
+    return f"backbone: {name} starts from {where} ({len(state)} tensors; its classifier is not used{shown})"

@@ -58,6 +58,7 @@ APPLIES_TO = {
     "max_proposals": ("detection",),
     "loss": ("segmentation",),
     "fit_anchors": ("detection",),
+    "backbone_weights": ("detection",),
 }
 
 # Per-task defaults of the fields left at None ("lr" and "momentum" depend on the optimiser, below).
@@ -158,6 +159,9 @@ class TrainConfig:
         fit_anchors: detection (``faster_rcnn``): fit this many anchor shapes to the training boxes (k-means on
             ``1 - IoU``) instead of the sizes x ratios grid; the run reports the share of training boxes the default
             and the fitted anchors can match.
+        backbone_weights: detection: start the backbone from a classification run of a zoo image model (its run
+            folder or checkpoint JSON; :func:`~convatlas.train.checkpoint.load_backbone`); ``backbone`` defaults to
+            that run's model and ``model_args["backbone_kwargs"]`` to its builder keywords.
     """
 
     model: str
@@ -201,6 +205,7 @@ class TrainConfig:
     max_proposals: int | None = None
     loss: str | None = None
     fit_anchors: int | None = None
+    backbone_weights: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -236,8 +241,9 @@ class TrainConfig:
                 raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
             raise ConfigError("task", f"{self.task}, but `model` {self.model} is a {task} model")
         _refuse_foreign_fields(self, task)
-        values = {k: v for k, v in TASK_DEFAULTS[task].items() if getattr(self, k) is None}
-        config = dataclasses.replace(self, task=task, **values)
+        config = _backbone_from_weights(self) if task == "detection" else self
+        values = {k: v for k, v in TASK_DEFAULTS[task].items() if getattr(config, k) is None}
+        config = dataclasses.replace(config, task=task, **values)
         if config.opt is None:  # text: Adadelta for Kim's CNN, AdamW for the attention-style encoders
             config.opt = "adadelta" if config.model == "kim_cnn" else "adamw"
         config.lr = DEFAULT_LR.get(config.opt, 0.0) if config.lr is None else config.lr
@@ -363,6 +369,32 @@ def _refuse_foreign_fields(config: TrainConfig, task: str) -> None:
     for name, tasks in APPLIES_TO.items():
         if task not in tasks and getattr(config, name) != _field_default(name):
             raise ConfigError(name, f"does not apply to a {task} run (it applies to {' and '.join(tasks)})")
+
+
+def _backbone_from_weights(config: TrainConfig) -> TrainConfig:
+    """With ``backbone_weights``: ``backbone`` defaults to the run's model and ``backbone_kwargs`` to its builder
+    keywords (so the saved configuration says what the backbone is without reading the run again)."""
+    if config.backbone_weights is None:
+        return config
+    if not isinstance(config.backbone_weights, str | os.PathLike) or not os.fspath(config.backbone_weights).strip():
+        raise ConfigError("backbone_weights", f"must name a classification run folder or checkpoint JSON, got "
+                          f"{config.backbone_weights!r}")  # fmt: skip
+    args = config.model_args if isinstance(config.model_args, dict) else {}
+    if config.backbone is not None and "backbone_kwargs" in args:
+        return config
+    from convatlas.train.checkpoint import CheckpointError, backbone_keywords, read_record
+
+    try:
+        record, where = read_record(config.backbone_weights)
+    except CheckpointError as err:
+        raise ConfigError("backbone_weights", str(err)) from None
+    if record.task != "classification":
+        raise ConfigError("backbone_weights", f"{where} is a {record.task} run of {record.model.name}; a backbone "
+                          "starts from a classification run of a zoo image model")  # fmt: skip
+    backbone = record.model.name if config.backbone is None else config.backbone
+    if backbone == record.model.name and "backbone_kwargs" not in args and isinstance(config.model_args, dict):
+        args = {**config.model_args, "backbone_kwargs": backbone_keywords(record)}
+    return dataclasses.replace(config, backbone=backbone, model_args=args if args else config.model_args)
 
 
 def _model_defaults(config: TrainConfig) -> None:

@@ -31,7 +31,7 @@ from convatlas.data.detection import build_detection_dataset, collate_detection
 from convatlas.detection.anchors import AnchorGenerator, fit_anchors, grid_coverage
 from convatlas.detection.evaluation import coco_evaluate, voc_evaluate
 from convatlas.detection.proposals import selective_search
-from convatlas.train.checkpoint import ModelSpec, build_model, json_kwargs
+from convatlas.train.checkpoint import CheckpointError, ModelSpec, build_model, json_kwargs, load_backbone
 from convatlas.train.config import EXTERNAL_PROPOSALS, ConfigError
 from convatlas.train.task import DatasetTask, model_keywords
 
@@ -176,10 +176,25 @@ class DetectionTask(DatasetTask):
         )  # fmt: skip
         return [[list(wh) for wh in level] for level in shapes]
 
+    def initialise(self, model: nn.Module) -> None:
+        """With ``backbone_weights``: the backbone starts from that classification run (the rest from its builder)."""
+        weights = self.config.backbone_weights
+        if weights is None:
+            return
+        body = (
+            model.roi_heads.box_features.cnn if model.backbone is None else model.backbone.body
+        )  # R-CNN: the warp CNN
+        mean, std = (v.flatten().tolist() for v in (model.image_mean, model.image_std))
+        try:
+            line = load_backbone(body, self.config.backbone, weights, image_mean=mean, image_std=std)
+        except CheckpointError as err:
+            raise ConfigError("backbone_weights", str(err)) from None
+        self._backbone_note = (line, {"kind": "backbone", "weights": str(weights), "model": self.config.backbone})
+
     def notes(self) -> list[tuple[str, dict | None]]:
         self.model_spec()
-        note = getattr(self, "_anchor_note", None)
-        return [note] if note is not None else []
+        found = (getattr(self, "_anchor_note", None), getattr(self, "_backbone_note", None))
+        return [note for note in found if note is not None]
 
     def _proposals(self, split: str, indices: Sequence[int], images: Sequence[Tensor]) -> list[Tensor] | None:
         if self.caches is None:

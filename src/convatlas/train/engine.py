@@ -143,7 +143,7 @@ def fit(config: TrainConfig, task: Task | None = None, *, resume: bool = False, 
     with _torch_settings(config):
         info = dist_utils.setup(config.device)
         try:
-            run = _Run(config, task or build_task(config), info)
+            run = _Run(config, task or build_task(config), info, resume=resume)
             with hold(folder, info, resume=resume, overwrite=overwrite), StopSignals() as signals:
                 if saved is not None and ckpt.read_record(config.out, "last")[0].tensors != saved[1].tensors:
                     raise ConfigError("out", f"{config.out}: its last checkpoint changed while this run was starting "
@@ -264,7 +264,7 @@ def _augment_seed(seed: int, epoch: int, step: int, rank: int, micro: int) -> in
 class _Run:
     """The state of one run and the steps of its loop."""
 
-    def __init__(self, config: TrainConfig, task: Task, info: dist_utils.DistInfo) -> None:
+    def __init__(self, config: TrainConfig, task: Task, info: dist_utils.DistInfo, *, resume: bool = False) -> None:
         self.config, self.task, self.info, self.device = config, task, info, info.device
         self.out = Path(config.out)
         world, accum = info.world_size, config.accum_steps
@@ -281,7 +281,10 @@ class _Run:
             raise ConfigError("batch_size", f"{config.batch_size} is larger than the training set ({task.train_size} "
                               "items)")  # fmt: skip
         torch.manual_seed(task.seed)
-        self.raw = task.build_model().to(self.device)
+        self.raw = task.build_model()
+        if not resume:  # a new run's starting weights (a resumed run takes its checkpoint's in start)
+            task.initialise(self.raw)
+        self.raw = self.raw.to(self.device)
         if config.channels_last:
             self.raw = self.raw.to(memory_format=torch.channels_last)
         self.spec, self.classes, self.inputs = task.model_spec(), task.classes(), task.input_spec()

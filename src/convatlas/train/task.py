@@ -72,6 +72,10 @@ class Task:
         """A freshly initialised model (the engine seeds torch first)."""
         return build_model(self.model_spec())
 
+    def initialise(self, model: nn.Module) -> None:
+        """Set the starting weights of a new run's freshly built model, before any file is written (not called on
+        resume); default: keep the builder's initialisation."""
+
     def classes(self) -> list[str]:
         """The class names in label order."""
         raise NotImplementedError
