@@ -25,7 +25,7 @@ from convatlas.train.checkpoint import CheckpointError, load_backbone, load_chec
 from convatlas.train.config import ConfigError
 from convatlas.train.detection import DetectionTask
 from convatlas.train.engine import run_config
-from tiny_runs import blocks_coco
+from tiny_runs import HAVE_FASHION_MNIST, blocks_coco
 
 WIDTH = {"width_mult": 0.125}
 
@@ -161,3 +161,29 @@ def test_the_benchmark_starts_torchvisions_detector_from_the_same_weights(runs):
     body = model.backbone.body.state_dict()  # torchvision's IntermediateLayerGetter over prep, layer1..3
     layers = [k for k in body if k.startswith("layer")]
     assert len(layers) > 20 and all(torch.equal(body[k], state[k]) for k in layers)
+
+
+@pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="needs Fashion-MNIST (make data)")
+def test_small_object_anchors_are_four_times_each_pyramid_levels_stride(tmp_path):
+    """The small-object default (fashion-scenes, nuclei): one anchor size per level, 4 x stride: 16 to 128 px on P2 to
+    P5 of a MobileNet, 16 and 32 px on the two levels of ResNet-9 (strides 4 and 8); given sizes are kept."""
+
+    def sizes(**changes):
+        config = TrainConfig(model="faster_rcnn", data="fashion-scenes:canvas=64,num_images=8", out=str(tmp_path / "r"),
+                             **changes).resolved()  # fmt: skip
+        return DetectionTask(config).model_spec().kwargs["anchor_sizes"]
+
+    assert sizes() == [16.0, 32.0, 64.0, 128.0]
+    assert sizes(backbone="resnet9") == [16.0, 32.0]
+    assert sizes(backbone="resnet9", model_args={"anchor_sizes": [24, 48]}) == [24, 48]
+
+
+def test_rcnn_starts_the_cnn_it_runs_on_each_warp_from_the_run(runs, tmp_path):
+    config = _detection(runs, tmp_path / "rcnn", model="rcnn", model_args={}).resolved()
+    task = DetectionTask(config)
+    model = task.build_model()
+    task.initialise(model)
+    state = prefixed(load_checkpoint(runs[0])[0], "model")
+    cnn = model.roi_heads.box_features.cnn.state_dict()
+    layers = [k for k in cnn if k.startswith("layer")]
+    assert len(layers) > 20 and all(torch.equal(cnn[k], state[k]) for k in layers)

@@ -34,6 +34,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def pyramid_stages(feature_info: Sequence[dict]) -> list[int]:
+    """The stages a feature pyramid is built on: every one of reduction 4 to 32 (P2 to P5)."""
+    return [i for i, f in enumerate(feature_info) if 4 <= f["reduction"] <= 32]
+
+
+def pyramid_strides(backbone: str, backbone_kwargs: dict | None = None) -> list[int]:
+    """The strides of the pyramid levels :class:`Backbone` puts on the zoo model ``backbone`` (built on the meta
+    device: nothing is allocated)."""
+    with torch.device("meta"):
+        info = _backbone_model(backbone, backbone_kwargs).feature_info
+    return [info[i]["reduction"] for i in pyramid_stages(info)]
+
+
 class Backbone(nn.Module):
     """Feature maps of a zoo image model, chosen from its declared ``feature_info``, with an optional pyramid.
 
@@ -54,7 +67,7 @@ class Backbone(nn.Module):
             raise InputTypeError(f"Backbone: {type(model).__name__} lacks feature_info/forward_stages; use a zoo model")
         if stages is None:
             if fpn:
-                stages = [i for i, f in enumerate(info) if 4 <= f["reduction"] <= 32]
+                stages = pyramid_stages(info)
             else:
                 stages = [max((i for i, f in enumerate(info) if f["reduction"] <= 16), default=len(info) - 1)]
         stages = [s % len(info) for s in stages]

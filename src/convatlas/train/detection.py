@@ -9,7 +9,8 @@ VOC mAP@0.5.
 
 Small objects: on ``fashion-scenes`` (items of 21 to 49 pixels) and ``nuclei`` (nuclei of 2 to 39 pixels, most 16 to
 32), ``faster_rcnn`` defaults to a feature pyramid (P2 to P5, strides 4 to 32, 64 channels) with one anchor size per
-level, 16 to 128 pixels (:data:`SMALL_OBJECT_KWARGS`); ``--model-arg fpn=False`` gives the one stride-16 map of the
+level, 4 times its stride: 16 to 128 pixels (:data:`SMALL_OBJECT_KWARGS`; 16 and 32 on a backbone with stages of
+stride 4 and 8 only, such as ``resnet9``); ``--model-arg fpn=False`` gives the one stride-16 map of the
 paper. ``fit_anchors`` replaces the anchors by shapes fitted to the training boxes
 (:func:`~convatlas.detection.anchors.fit_anchors`, k-means on ``1 - IoU``), on every pyramid level, and reports the
 share of the training boxes the default and the fitted anchors can match at the RPN's positive IoU of 0.7
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from convatlas.data.augment import augment_batch, augmentation
 from convatlas.data.detection import build_detection_dataset, collate_detection
 from convatlas.detection.anchors import AnchorGenerator, fit_anchors, grid_coverage
+from convatlas.detection.detectors import pyramid_strides
 from convatlas.detection.evaluation import coco_evaluate, voc_evaluate
 from convatlas.detection.proposals import selective_search
 from convatlas.train.checkpoint import CheckpointError, ModelSpec, build_model, json_kwargs, load_backbone
@@ -139,7 +141,13 @@ class DetectionTask(DatasetTask):
         fixed = {"num_classes": self.train_set.num_classes, "backbone": c.backbone}
         if c.model in EXTERNAL_PROPOSALS:
             fixed["max_proposals"] = c.max_proposals
-        small = SMALL_OBJECT_KWARGS.get(c.model, {}) if c.data.split(":")[0] in SMALL_OBJECT_SPECS else {}
+        small = dict(SMALL_OBJECT_KWARGS.get(c.model, {})) if c.data.split(":")[0] in SMALL_OBJECT_SPECS else {}
+        if "anchor_sizes" in small and c.model_args.get("fpn", True) and "anchor_sizes" not in c.model_args:
+            try:  # one size per level of the backbone's pyramid: 4 x its stride (16 to 128 px on P2 to P5)
+                strides = pyramid_strides(c.backbone, c.model_args.get("backbone_kwargs"))
+                small["anchor_sizes"] = tuple(4.0 * s for s in strides) or small["anchor_sizes"]
+            except (ValueError, TypeError):  # a bad backbone or keywords: the builder's own error names it below
+                pass
         keywords = model_keywords(c.model, {**small, **c.model_args}, fixed)
         if c.fit_anchors is not None:
             if "anchor_shapes" in c.model_args:
