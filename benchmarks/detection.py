@@ -32,6 +32,15 @@ thread with ``--threads 1``), what a run costs on an unshared core; the machine 
     .venv/bin/python benchmarks/detection.py --data nuclei --seeds 0 1 2 --threads 1
     .venv/bin/python benchmarks/detection.py --data fashion-scenes --seeds 0 1 2 --threads 1
     .venv/bin/python benchmarks/detection.py --quick          # a few steps of each, to check the script
+
+``--pretrain`` first trains the backbone (``--backbone``, ``--backbone-kwargs``) on Fashion-MNIST, once per seed, and
+both detectors start from that run (ours through ``backbone_weights``, torchvision's through the same
+:func:`~convatlas.train.checkpoint.load_backbone`); its CPU time is added to each row. ``--keep DIR`` keeps the runs,
+and ``--reevaluate DIR`` with the same options scores them again on ``--test-images`` test images without training:
+
+    .venv/bin/python benchmarks/detection.py --pretrain --backbone resnet9 --backbone-kwargs '{"width_mult": 0.125}' \
+        --anchor-sizes 24 48 --warmup-epochs 0.05 --lr 0.002 --train-images 15000 --threads 1 --keep runs/det
+    .venv/bin/python benchmarks/detection.py --pretrain --backbone resnet9 ... --reevaluate runs/det --test-images 2000
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -49,8 +59,10 @@ from torch import nn
 from convatlas.detection.detectors import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from convatlas.models import create_model
 from convatlas.train import TrainConfig
-from convatlas.train.checkpoint import ModelSpec, load_backbone
+from convatlas.train.checkpoint import ModelSpec, load_backbone, load_checkpoint, load_state, prefixed
 from convatlas.train.detection import SMALL_OBJECT_KWARGS, DetectionTask
+from convatlas.train.engine import evaluate, run_config
+from convatlas.utils import set_threads
 from engine_runs import add_arguments, check_out, choose, machine_line, mean_spread, ratio, run_all, timed_fit
 
 # The data of each comparison: the spec (its training images make the budget) and the test images.
@@ -239,6 +251,36 @@ def run(side: str, args: argparse.Namespace, seed: int, root: Path) -> dict:
     return row
 
 
+def reevaluate(side: str, args: argparse.Namespace, seed: int, root: Path) -> dict:
+    """The kept run ``root/SIDE-SEED`` (trained by this script with the same options and ``--keep root``) evaluated
+    again on ``--test-images`` test images: its metrics and the evaluation's process CPU seconds."""
+    folder = root / f"{side}-{seed}"
+    tensors, _ = load_checkpoint(folder, "last")
+    config = dataclasses.replace(run_config(folder), limit_test=args.test_images, threads=args.threads,
+                                 device=args.device).resolved()  # fmt: skip
+    task = TorchvisionTask(config) if side == "torchvision" else DetectionTask(config)
+    task.args = argparse.Namespace(**{**vars(args), "seed": seed, "weights": None})
+    model = task.build_model()
+    load_state(model, prefixed(tensors, "model"), folder)
+    cpu = time.process_time()
+    set_threads(args.threads)
+    metrics = evaluate(task, model, "test", device=torch.device(args.device), batch_size=config.batch_size)
+    return {**metrics, "cpu_s": time.process_time() - cpu, "wall_s": 0.0, "steps": 0}
+
+
+def evaluation_table(results: dict[str, list[dict]]) -> list[str]:
+    """Markdown rows of the evaluation again: mean ± spread over seeds per side, and the ratio ours / torchvision."""
+    keys = ("voc_map50", "coco_ap", "coco_ap50")
+    lines = ["| detector | VOC mAP@0.5 | COCO mAP | COCO AP50 |", "|---|---|---|---|"]
+    for side, rows in results.items():
+        lines.append(f"| {side} | " + " | ".join(mean_spread([r[k] for r in rows]) for k in keys) + " |")
+    if {"convatlas", "torchvision"} <= set(results):
+        ours, theirs = results["convatlas"], results["torchvision"]
+        ratios = [ratio(statistics.fmean(r[k] for r in ours), statistics.fmean(r[k] for r in theirs)) for k in keys]
+        lines.append("| ratio ours / torchvision | " + " | ".join(ratios) + " |")
+    return lines
+
+
 def describe(r: dict) -> str:
     before = f" (pretraining: accuracy {r['pretrain_acc']:.4f}, {r['pretrain_cpu_s']:.0f} CPU s)" if "pretrain_acc" \
         in r else ""  # fmt: skip
@@ -287,6 +329,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="pretrain the backbone on Fashion-MNIST per seed (CPU time counted in each row)",
     )
+    parser.add_argument(
+        "--reevaluate",
+        metavar="DIR",
+        help="evaluate the runs kept in DIR (--keep DIR, the same options) on --test-images again",
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -298,6 +345,11 @@ def main(argv: list[str] | None = None) -> None:
                        f"training images x {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, warm-up "
                        f"{args.warmup_epochs} epochs, augment {args.augment}, seeds {args.seeds}, threads "
                        f"{args.threads}"))  # fmt: skip
+    if args.reevaluate is not None:
+        args.keep = str(args.reevaluate)
+        run_all(args, sides, lambda side, seed, root: reevaluate(side, args, seed, root), describe, evaluation_table,
+                "convatlas-detection")  # fmt: skip
+        return
     run_all(args, sides, lambda side, seed, root: run(side, args, seed, root), describe, table, "convatlas-detection")
 
 

@@ -51,3 +51,22 @@ def test_an_existing_out_and_an_unknown_side_are_refused_before_training(name, t
     option = {"segmentation": "--models", "detection": "--sides", "lineage": "--detectors"}[name]
     result = _run(name, "--quick", option, "nothing")
     assert result.returncode == 2 and f"{option}: unknown 'nothing'" in result.stderr
+
+
+@pytest.mark.slow
+def test_detection_pretrains_the_backbone_and_evaluates_kept_runs_again(tmp_path):
+    """--pretrain: one classification run per seed starts both sides (its CPU time is in each row); --reevaluate
+    scores the kept runs on other test images without training."""
+    options = ["--quick", "--threads", "1", "--pretrain", "--backbone", "resnet9", "--backbone-kwargs",
+               '{"width_mult": 0.125}', "--anchor-sizes", "24", "48", "--warmup-epochs", "0.5"]  # fmt: skip
+    result = _run("detection", *options, "--keep", str(tmp_path / "runs"), "--out", str(tmp_path / "train.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "train.json").read_text())["results"]
+    for side in ("convatlas", "torchvision"):
+        row = rows[side][0]
+        assert row["pretrain_cpu_s"] > 0 and row["cpu_s"] > row["pretrain_cpu_s"] and 0 <= row["pretrain_acc"] <= 1
+    assert (tmp_path / "runs" / "pretrain-0" / "last.json").is_file()
+    again = _run("detection", *options, "--reevaluate", str(tmp_path / "runs"), "--out", str(tmp_path / "again.json"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.splitlines()[-5].startswith("| detector | VOC mAP@0.5 | COCO mAP | COCO AP50 |")
+    assert set(json.loads((tmp_path / "again.json").read_text())["results"]) == {"convatlas", "torchvision"}
