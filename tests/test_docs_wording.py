@@ -1,8 +1,8 @@
 """The docs describe the software as it is: their wording, their links, README's shape and its printed outputs.
 
 - wording: README.md, docs/*.md, the Makefile, pyproject.toml, benchmarks/, src/ and tests/ never speak of the people
-  or the machinery that produced the project (work sessions, engineers, coordinators, a machine shared between
-  people, issue-tracker numbers). Measurements name the machine, its load and the date instead, and something
+  or the process that produced the project (who worked on it, when, on whose machine, under which tracker
+  number: the patterns below). Measurements name the machine, its load and the date instead, and something
   unmeasured is said plainly ("GPU: not measured"). In Python files only comments and string literals are read, so a
   code identifier such as ``session = onnxruntime.InferenceSession(...)`` is fine; in Markdown the same identifiers are
   allowed by an explicit pattern.

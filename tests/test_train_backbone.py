@@ -161,6 +161,8 @@ def test_the_benchmark_starts_torchvisions_detector_from_the_same_weights(runs):
     body = model.backbone.body.state_dict()  # torchvision's IntermediateLayerGetter over prep, layer1..3
     layers = [k for k in body if k.startswith("layer")]
     assert len(layers) > 20 and all(torch.equal(body[k], state[k]) for k in layers)
+    default = argparse.Namespace(**{**vars(args), "anchor_sizes": None, "weights": None})
+    assert detection.build_torchvision(default, 3)[0].rpn.anchor_generator.sizes == ((16.0,), (32.0,))  # as ours
 
 
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="needs Fashion-MNIST (make data)")

@@ -470,10 +470,15 @@ def read_backbone(path: str | os.PathLike) -> tuple[dict[str, Tensor], Checkpoin
     """
     state, record = load_checkpoint(path)
     where = resolve_checkpoint(path)
+    check_backbone_record(record, where)
+    return prefixed(state, "model"), record, where
+
+
+def check_backbone_record(record: CheckpointRecord, where: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` unless ``record`` is a classification run (what a backbone starts from)."""
     if record.task != "classification" or record.inputs is None:
         raise CheckpointError(f"checkpoint {where}: a {record.task} run of {record.model.name}; a backbone starts "
                               "from a classification run of a zoo image model")  # fmt: skip
-    return prefixed(state, "model"), record, where
 
 
 def backbone_keywords(record: CheckpointRecord) -> dict:

@@ -382,15 +382,13 @@ def _backbone_from_weights(config: TrainConfig) -> TrainConfig:
     args = config.model_args if isinstance(config.model_args, dict) else {}
     if config.backbone is not None and "backbone_kwargs" in args:
         return config
-    from convatlas.train.checkpoint import CheckpointError, backbone_keywords, read_record
+    from convatlas.train.checkpoint import CheckpointError, backbone_keywords, check_backbone_record, read_record
 
     try:
         record, where = read_record(config.backbone_weights)
+        check_backbone_record(record, where)
     except CheckpointError as err:
         raise ConfigError("backbone_weights", str(err)) from None
-    if record.task != "classification":
-        raise ConfigError("backbone_weights", f"{where} is a {record.task} run of {record.model.name}; a backbone "
-                          "starts from a classification run of a zoo image model")  # fmt: skip
     backbone = record.model.name if config.backbone is None else config.backbone
     if backbone == record.model.name and "backbone_kwargs" not in args and isinstance(config.model_args, dict):
         args = {**config.model_args, "backbone_kwargs": backbone_keywords(record)}

@@ -19,6 +19,7 @@ share of the training boxes the default and the fitted anchors can match at the 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Iterator, Sequence
@@ -48,6 +49,15 @@ SMALL_OBJECT_KWARGS = {
 }  # fmt: skip
 SMALL_OBJECT_SPECS = ("fashion-scenes", "nuclei")
 PRECISE_BN_IMAGES = 200
+
+
+def small_object_anchor_sizes(backbone: str, backbone_kwargs: dict | None = None) -> tuple[float, ...]:
+    """The small-object anchors on ``backbone``'s pyramid: one size per level, 4 x its stride (16 to 128 px on P2 to
+    P5; 16 and 32 on the two levels of ``resnet9``)."""
+    return (
+        tuple(4.0 * s for s in pyramid_strides(backbone, backbone_kwargs))
+        or SMALL_OBJECT_KWARGS["faster_rcnn"]["anchor_sizes"]
+    )
 
 
 class ProposalCache:
@@ -143,11 +153,9 @@ class DetectionTask(DatasetTask):
             fixed["max_proposals"] = c.max_proposals
         small = dict(SMALL_OBJECT_KWARGS.get(c.model, {})) if c.data.split(":")[0] in SMALL_OBJECT_SPECS else {}
         if "anchor_sizes" in small and c.model_args.get("fpn", True) and "anchor_sizes" not in c.model_args:
-            try:  # one size per level of the backbone's pyramid: 4 x its stride (16 to 128 px on P2 to P5)
-                strides = pyramid_strides(c.backbone, c.model_args.get("backbone_kwargs"))
-                small["anchor_sizes"] = tuple(4.0 * s for s in strides) or small["anchor_sizes"]
-            except (ValueError, TypeError):  # a bad backbone or keywords: the builder's own error names it below
-                pass
+            # a bad backbone or keywords: the builder's own error names it below
+            with contextlib.suppress(ValueError, TypeError):
+                small["anchor_sizes"] = small_object_anchor_sizes(c.backbone, c.model_args.get("backbone_kwargs"))
         keywords = model_keywords(c.model, {**small, **c.model_args}, fixed)
         if c.fit_anchors is not None:
             if "anchor_shapes" in c.model_args:
@@ -189,9 +197,8 @@ class DetectionTask(DatasetTask):
         weights = self.config.backbone_weights
         if weights is None:
             return
-        body = (
-            model.roi_heads.box_features.cnn if model.backbone is None else model.backbone.body
-        )  # R-CNN: the warp CNN
+        # R-CNN's backbone is the CNN it runs on each warped proposal
+        body = model.roi_heads.box_features.cnn if model.backbone is None else model.backbone.body
         mean, std = (v.flatten().tolist() for v in (model.image_mean, model.image_std))
         try:
             line = load_backbone(body, self.config.backbone, weights, image_mean=mean, image_std=std)
