@@ -133,7 +133,7 @@ def build_torchvision(args, num_classes: int) -> tuple[nn.Module, int]:
             raise ValueError(f"--backbone {args.backbone}: its stages are not children of one module")
         parent = model.get_submodule(parents.pop())  # `features` of a MobileNet, the model itself for ResNet-9
         return_layers = {f["module"].rpartition(".")[2]: str(k) for k, f in enumerate(stages)}
-        channels = SMALL["fpn_channels"]
+        channels = pyramid_args(args).get("fpn_channels", SMALL["fpn_channels"])
         backbone = BackboneWithFPN(parent, return_layers, [f["num_chs"] for f in stages], channels,
                                    extra_blocks=_no_extra_level())  # fmt: skip
         names = [str(k) for k in range(len(stages))]
@@ -197,12 +197,15 @@ class TorchvisionTask(DetectionTask):
 
 
 def pyramid_args(args) -> dict:
-    """Our builder's keywords that ``--backbone-kwargs`` and ``--anchor-sizes`` change (the same on both sides)."""
+    """Our builder's keywords that ``--backbone-kwargs``, ``--anchor-sizes`` and ``--fpn-channels`` change (the same
+    on both sides)."""
     changed = {}
     if getattr(args, "backbone_kwargs", None):
         changed["backbone_kwargs"] = args.backbone_kwargs
     if getattr(args, "anchor_sizes", None):
         changed["anchor_sizes"] = list(args.anchor_sizes)
+    if getattr(args, "fpn_channels", None):
+        changed["fpn_channels"] = args.fpn_channels
     return changed
 
 
@@ -328,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         "--backbone-kwargs", type=json.loads, help='the backbone\'s keywords, JSON: {"width_mult": 0.125}'
     )
     parser.add_argument("--anchor-sizes", type=float, nargs="+", help="one anchor size per pyramid level (pixels)")
+    parser.add_argument("--fpn-channels", type=int, help=f"the pyramid's channels (default {SMALL['fpn_channels']})")
     parser.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up of the detector's training")
     parser.add_argument(
         "--pretrain",
@@ -345,11 +349,12 @@ def main(argv: list[str] | None = None) -> None:
         args.train_images, args.seeds, args.test_images = 8, args.seeds[:1], 2
     check_out(args)
     sides = choose(parser, "--sides", args.sides, ("convatlas", "torchvision"))
+    channels = args.fpn_channels or SMALL["fpn_channels"]
     print(machine_line(f"{args.backbone} {args.backbone_kwargs or ''}, {'FPN' if args.fpn else 'C4'}, anchors "
-                       f"{args.anchor_sizes or 'default'}, pretrain {args.pretrain}; {args.data}: {args.train_images} "
-                       f"training images x {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, warm-up "
-                       f"{args.warmup_epochs} epochs, augment {args.augment}, seeds {args.seeds}, threads "
-                       f"{args.threads}"))  # fmt: skip
+                       f"{args.anchor_sizes or 'default'}, FPN channels {channels}, pretrain {args.pretrain}; "
+                       f"{args.data}: {args.train_images} training images x {args.epochs} epochs, batch "
+                       f"{args.batch_size}, lr {args.lr}, warm-up {args.warmup_epochs} epochs, augment {args.augment}, "
+                       f"seeds {args.seeds}, threads {args.threads}"))  # fmt: skip
     if args.reevaluate is not None:
         args.keep = str(args.reevaluate)
         run_all(args, sides, lambda side, seed, root: reevaluate(side, args, seed, root), describe, evaluation_table,

@@ -147,7 +147,8 @@ def test_the_command_line_refuses_bad_backbone_weights_in_one_line(runs, tmp_pat
 
 
 def test_the_benchmark_starts_torchvisions_detector_from_the_same_weights(runs):
-    """benchmarks/detection.py --pretrain: torchvision's FasterRCNN gets the run's tensors, as ours does."""
+    """benchmarks/detection.py --pretrain: torchvision's FasterRCNN gets the run's tensors, as ours does, and
+    --fpn-channels sets both sides' pyramid width."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
         detection = load_benchmark("detection")
@@ -163,6 +164,12 @@ def test_the_benchmark_starts_torchvisions_detector_from_the_same_weights(runs):
     assert len(layers) > 20 and all(torch.equal(body[k], state[k]) for k in layers)
     default = argparse.Namespace(**{**vars(args), "anchor_sizes": None, "weights": None})
     assert detection.build_torchvision(default, 3)[0].rpn.anchor_generator.sizes == ((16.0,), (32.0,))  # as ours
+    assert model.backbone.out_channels == 64 and model.roi_heads.box_head.fc6.in_features == 64 * 49  # the default
+    narrow = argparse.Namespace(**{**vars(default), "fpn_channels": 32})
+    theirs = detection.build_torchvision(narrow, 3)[0]
+    ours = detection.build_ours(narrow, 3)
+    assert theirs.backbone.out_channels == ours.backbone.out_channels == 32  # --fpn-channels: both sides
+    assert theirs.roi_heads.box_head.fc6.in_features == 32 * 49
 
 
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="needs Fashion-MNIST (make data)")
