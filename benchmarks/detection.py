@@ -262,7 +262,8 @@ def run(side: str, args: argparse.Namespace, seed: int, root: Path) -> dict:
 
 def reevaluate(side: str, args: argparse.Namespace, seed: int, root: Path) -> dict:
     """The kept run ``root/SIDE-SEED`` (trained by this script with the same options and ``--keep root``) evaluated
-    again on ``--test-images`` test images: its metrics and the evaluation's process CPU seconds."""
+    again on ``--test-images`` test images, its batch-norm statistics recomputed first as training's end does: its
+    metrics and the process CPU seconds of both."""
     folder = root / f"{side}-{seed}"
     tensors, _ = load_checkpoint(folder, "last")
     config = dataclasses.replace(run_config(folder), limit_test=args.test_images, threads=args.threads,
@@ -273,6 +274,7 @@ def reevaluate(side: str, args: argparse.Namespace, seed: int, root: Path) -> di
     load_state(model, prefixed(tensors, "model"), folder)
     set_threads(args.threads)
     cpu, wall = time.process_time(), time.perf_counter()
+    task.before_eval(model, torch.device(args.device))  # the batch-norm statistics, as at the end of training
     metrics = evaluate(task, model, "test", device=torch.device(args.device), batch_size=config.batch_size)
     return {**metrics, "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall, "steps": 0}
 

@@ -227,6 +227,42 @@ def test_precise_batch_norm_sets_population_statistics():
     assert bn.momentum == 0.01 and not model.training
 
 
+def test_precise_batch_norm_gives_each_layer_the_statistics_of_its_input_at_evaluation():
+    # Reference: the mean and (unbiased) variance of every batch-norm layer's input in an eval-mode pass over the same
+    # images, recorded by hooks. A single training-mode pass (every layer normalising with its batch's statistics)
+    # gets the first layer right and the later ones wrong.
+    from convatlas.train.detection import precise_batch_norm
+
+    image, target = _scene()
+    model = create_model("faster_rcnn", **SMALL)
+    model.train()
+    for _ in range(2):  # move the weights away from batch norm's identity start
+        losses, _ = model([image], [target], detect=False)
+        sum(losses.values()).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p -= 0.05 * p.grad.sign()
+                    p.grad = None
+    dataset = [(image, target), (image.flip(2), {"boxes": target["boxes"], "labels": target["labels"]})]
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert precise_batch_norm(model, dataset, cache=None, device="cpu", num_images=2, batch_size=2) == len(layers)
+    seen = {}
+
+    def record(module, inputs, output):
+        seen.setdefault(module, inputs[0].detach().clone())
+
+    hooks = [m.register_forward_hook(record) for m in layers]
+    with torch.no_grad():
+        model([im for im, _ in dataset])
+    for h in hooks:
+        h.remove()
+    for layer in layers:
+        x = seen[layer].transpose(0, 1).flatten(1)
+        torch.testing.assert_close(layer.running_mean, x.mean(dim=1), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(layer.running_var, x.var(dim=1, unbiased=True), atol=1e-4, rtol=1e-3)
+
+
 @pytest.mark.parametrize("name", ["fast_rcnn", "rcnn"])
 def test_no_proposals_and_no_boxes_give_zero_losses_and_no_detections(name):
     # regression: an empty RoI set once failed reshaping its (0, (K+1)*4) deltas
