@@ -13,7 +13,7 @@ What "same" means (``--fpn``, the default):
   :class:`convatlas.detection.Backbone`'s pyramid on them; torchvision's side is
   ``torchvision.models.detection.backbone_utils.BackboneWithFPN`` over the same module (``IntermediateLayerGetter``
   on its ``features`` and ``torchvision.ops.FeaturePyramidNetwork``), without torchvision's extra max-pooled level
-  P6, so both have P2 to P5 of 64 channels;
+  P6, so both have P2 to P5 of 64 channels (``--fpn-channels``);
 - anchors: one size per level, 16, 32, 64 and 128 pixels, at ratios 0.5, 1 and 2; RPN: 600 / 300 boxes per level
   before NMS (training / testing), 300 / 150 after, NMS 0.7, 256 anchors per image, half positive; RoI heads: 128
   RoIs per image, a quarter foreground, 7x7 RoI align with 2 samples per bin from the level FPN's rule picks, two
@@ -39,7 +39,8 @@ both detectors start from that run (ours through ``backbone_weights``, torchvisi
 and ``--reevaluate DIR`` with the same options scores them again on ``--test-images`` test images without training:
 
     .venv/bin/python benchmarks/detection.py --pretrain --backbone resnet9 --backbone-kwargs '{"width_mult": 0.125}' \
-        --anchor-sizes 24 48 --warmup-epochs 0.05 --lr 0.002 --train-images 15000 --threads 1 --keep runs/det
+        --anchor-sizes 24 48 --fpn-channels 32 --warmup-epochs 0.05 --lr 0.002 --train-images 20000 --threads 1 \
+        --keep runs/det
     .venv/bin/python benchmarks/detection.py --pretrain --backbone resnet9 ... --reevaluate runs/det --test-images 2000
 """
 
