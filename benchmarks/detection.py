@@ -267,7 +267,8 @@ def reevaluate(side: str, args: argparse.Namespace, seed: int, root: Path) -> di
     metrics and the process CPU seconds of both."""
     folder = root / f"{side}-{seed}"
     tensors, _ = load_checkpoint(folder, "last")
-    config = dataclasses.replace(run_config(folder), limit_test=args.test_images, threads=args.threads,
+    tests = DATA[args.data][1] if args.test_images is None else args.test_images  # as run() scores them
+    config = dataclasses.replace(run_config(folder), limit_test=tests, threads=args.threads,
                                  device=args.device).resolved()  # fmt: skip
     task = TorchvisionTask(config) if side == "torchvision" else DetectionTask(config)
     task.args = argparse.Namespace(**{**vars(args), "seed": seed, "weights": None})
