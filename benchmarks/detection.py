@@ -223,6 +223,11 @@ PRETRAIN = dict(data="fashion-mnist", epochs=4, batch_size=256, opt="sgd", lr=0.
 _pretrained: dict[int, dict] = {}
 
 
+def scored_images(args: argparse.Namespace) -> int | None:
+    """The test images a run is scored on: ``--test-images``, else the data's default (``None``: the whole split)."""
+    return DATA[args.data][1] if args.test_images is None else args.test_images
+
+
 def pretrain(args: argparse.Namespace, seed: int, root: Path) -> dict:
     """The backbone's classification run for ``seed`` (once per seed, both sides start from it): its folder, test
     accuracy and process CPU seconds."""
@@ -240,11 +245,11 @@ def pretrain(args: argparse.Namespace, seed: int, root: Path) -> dict:
 def run(side: str, args: argparse.Namespace, seed: int, root: Path) -> dict:
     """Train and evaluate one side from ``seed``; the final metrics, the process CPU seconds (with ``--pretrain``,
     the backbone's pretraining included) and the wall seconds."""
-    spec, limit_test = DATA[args.data]
+    spec = DATA[args.data][0]
     model_args = pyramid_args(args) if args.fpn else {"fpn": False, "anchor_sizes": C4_ANCHOR_SIZES,
                                                       "representation_size": args.representation_size}  # fmt: skip
     data = spec.format(images=args.train_images)
-    tests = limit_test if args.test_images is None else args.test_images
+    tests = scored_images(args)
     before = pretrain(args, seed, root) if args.pretrain else None
     weights = before["folder"] if before else None
     config = TrainConfig(model="faster_rcnn", data=data, out=str(root / f"{side}-{seed}"), backbone=args.backbone,
@@ -267,7 +272,7 @@ def reevaluate(side: str, args: argparse.Namespace, seed: int, root: Path) -> di
     metrics and the process CPU seconds of both."""
     folder = root / f"{side}-{seed}"
     tensors, _ = load_checkpoint(folder, "last")
-    tests = DATA[args.data][1] if args.test_images is None else args.test_images  # as run() scores them
+    tests = scored_images(args)
     config = dataclasses.replace(run_config(folder), limit_test=tests, threads=args.threads,
                                  device=args.device).resolved()  # fmt: skip
     task = TorchvisionTask(config) if side == "torchvision" else DetectionTask(config)

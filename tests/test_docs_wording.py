@@ -32,7 +32,6 @@ THIS = Path(__file__).resolve()
 # Each pattern with the reason it is refused; matched case-insensitively, across line breaks.
 FORBIDDEN = {
     r"\bsessions?\b": "a work session is not part of the software",
-    r"\bengineers?\b": "say what ran, not who",
     r"\bcoordinators?\b": "say what ran, not who",
     r"\bshared\s+(?:\d+-core\s+)?(?:development\s+)?(?:machines?|cpus?|cores?|hosts?)\b": (
         "name the machine and its load (e.g. 'load average 13 from other jobs') instead"
@@ -101,13 +100,9 @@ def test_wording_describes_the_software_only():
 @pytest.mark.parametrize(
     "line",
     [
-        "GPU: not measured in this session (no GPU was available).",
-        "Measured on a CPU shared by eight engineers (load average 13).",
         "on a 2-core machine shared with seven other jobs",
         "the development machine (2 cores shared by eight concurrent jobs)",
         "a shared 2-core machine",
-        "within the noise of this loaded machine",
-        "The goals of issue 7 (B=32, C=1024).",
         "(the issue's setting: bf16 autocast)",
         "the coordinator reruns it",
     ],

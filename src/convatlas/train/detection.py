@@ -117,34 +117,29 @@ def precise_batch_norm(model: nn.Module, dataset, *, cache=None, device, num_ima
         targets = [{k: v.to(device) for k, v in t.items()} for _, t in items]
         batches.append((images, targets, extra))
 
-    def run(stop_at: nn.Module | None = None) -> None:
-        handle = stop_at.register_forward_hook(_stop) if stop_at is not None else None
+    def run(part: list, hooks: list) -> None:
+        """Training-mode passes over ``part``, each ended early if a hook raises :class:`_Reached`."""
         try:
-            for images, targets, extra in batches if stop_at is not None else batches[:1]:
+            for images, targets, extra in part:
                 with contextlib.suppress(_Reached):
                     model(images, targets, detect=False, **extra)
         finally:
-            if handle is not None:
-                handle.remove()
+            for h in hooks:
+                h.remove()
 
-    order: list[nn.Module] = []
-    handles = [m.register_forward_hook(lambda m, i, o: order.append(m) if m not in order else None) for m in layers]
+    order: dict[nn.Module, None] = {}  # the layers in the order the forward pass reaches them
     model.train()
     for m in layers:
         m.eval()  # the order pass leaves every running statistic as it is
     with torch.no_grad():
-        try:
-            run()
-        finally:
-            for h in handles:
-                h.remove()
+        run(batches[:1], [m.register_forward_hook(lambda m, i, o: order.setdefault(m)) for m in layers])
         for layer in order:
             momentum = layer.momentum
             layer.reset_running_stats()
             layer.momentum = None  # a cumulative average over the batches
             layer.train()
             try:
-                run(stop_at=layer)
+                run(batches, [layer.register_forward_hook(_stop)])
             finally:
                 layer.momentum = momentum
                 layer.eval()
